@@ -1,0 +1,37 @@
+# The two commands of the README:
+#   make book   set up, then build the HTML book executing every notebook (cpu preset) -> _build/html
+#   make test   set up, then run the unit tests and every notebook under nbval (ci preset)
+# `make setup` alone creates .venv and installs icmlib with everything the book and tests need.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup book test bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Checkpoints trained by the book live in .cache/book (train-or-load: a rebuild reuses them).
+book: $(STAMP)
+	ICM_PRESET=$${ICM_PRESET:-cpu} ICM_CACHE=$${ICM_CACHE:-$(CURDIR)/.cache/book} MPLBACKEND=Agg \
+	  $(BIN)/jupyter-book build . --all
+	@echo "Book built: open _build/html/index.html"
+
+# Tests use a fresh cache of their own so they never pick up the book's checkpoints.
+test: $(STAMP)
+	rm -rf .cache/test
+	ICM_PRESET=ci ICM_CACHE=$(CURDIR)/.cache/test MPLBACKEND=Agg \
+	  $(BIN)/python -m pytest tests book --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_codec.py
+
+clean:
+	rm -rf _build .cache

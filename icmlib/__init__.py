@@ -1,0 +1,5 @@
+"""icmlib: Image Coding for Machines — codec, entropy coding, tasks, training, evaluation.
+
+Every line of real code in the book lives here; the notebooks import it.
+"""
+__version__ = "0.1.0"

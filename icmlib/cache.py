@@ -1,0 +1,90 @@
+"""Train-or-load: every expensive step goes through one helper keyed by its configuration.
+
+A checkpoint's file name carries a hash of the configuration that produced it, so a
+notebook never silently uses weights trained with other settings: change a setting and
+the helper trains anew. Files are written atomically (temporary file + rename), so a run
+killed half-way never leaves a truncated checkpoint behind.
+
+The cache lives in ``$ICM_CACHE`` (default ``~/.cache/icmlib``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+ENV_VAR = "ICM_CACHE"
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$ICM_CACHE/<parts...>``, created if missing."""
+    root = Path(os.environ.get(ENV_VAR) or Path.home() / ".cache" / "icmlib")
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    """A short, stable hash of a JSON-able configuration."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def checkpoint_path(kind: str, config: Mapping[str, Any]) -> Path:
+    """Where the checkpoint of ``kind`` trained with ``config`` lives."""
+    return cache_dir("checkpoints", kind) / f"{config_key(config)}.pt"
+
+
+def train_or_load(kind: str, config: Mapping[str, Any], train: Callable[[], Any],
+                  *, force: bool = False, verbose: bool = True) -> Any:
+    """Load the object cached for (``kind``, ``config``), or call ``train()`` and cache it.
+
+    ``train`` returns something ``torch.save`` can write (usually a dict holding a
+    ``state_dict`` and metrics). The configuration is stored beside it so a reader can
+    see what produced a checkpoint.
+    """
+    path = checkpoint_path(kind, config)
+    if path.exists() and not force:
+        if verbose:
+            print(f"[icmlib] loaded {kind} from cache: {path}")
+        return torch.load(path, map_location="cpu", weights_only=False)
+    if verbose:
+        print(f"[icmlib] training {kind} (no cached checkpoint for this configuration) ...")
+    obj = train()
+    atomic_save(obj, path)
+    atomic_write_text(json.dumps(dict(config), indent=2, sort_keys=True, default=str),
+                      path.with_suffix(".json"))
+    if verbose:
+        print(f"[icmlib] saved {kind} to {path}")
+    return obj

@@ -1,0 +1,217 @@
+"""The ICM codec: residual-CNN transforms and a mean & scale hyperprior, in CompressAI's API.
+
+Pipeline (Le et al., ICASSP 2021, after Minnen et al. 2018)::
+
+    x --g_a--> y --h_a--> z --Q--> ẑ --(factorized bottleneck, rANS)--> side bits
+                                   ẑ --h_s--> (σ, μ)
+    y --Q around μ--> ŷ --(Gaussian N(μ, σ) conditional, rANS)--> main bits
+    ŷ --g_s--> x̂
+
+``ICMCodec`` subclasses CompressAI's ``MeanScaleHyperprior``: the hyper-transforms,
+the ``EntropyBottleneck`` for ẑ, the ``GaussianConditional`` for ŷ and the
+``forward / compress / decompress / update / aux_loss`` methods are CompressAI's own;
+only the analysis and synthesis transforms are replaced by residual CNNs. Anything that
+works with a CompressAI model works with ours, and a CompressAI zoo model can stand in
+for ours (``encode_image`` / ``decode_image`` take either).
+
+Quantization: in ``train()`` mode CompressAI adds uniform noise U(-½, ½) to y (and z); in
+``eval()`` mode and in ``compress`` it rounds y - μ, so ŷ = round(y - μ) + μ.
+
+The same class trained with ``w_task = 0`` is the human-vision (MSE) baseline, so the
+ICM and MSE codecs differ only in the loss.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple, Union
+
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# CompressAI 1.2.8 calls torch.jit.script, which recent torch deprecates: noise for readers.
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+from compressai.layers import (ResidualBlock, ResidualBlockUpsample, ResidualBlockWithStride,
+                               conv3x3, subpel_conv3x3)
+from compressai.models import MeanScaleHyperprior
+
+#: y is 1/16 of the image; z is 1/4 of y. Inputs are padded to a multiple of this.
+STRIDE = 64
+
+
+def analysis_transform(N: int, M: int, blocks: int = 0) -> nn.Sequential:
+    """g_a: four stride-2 stages (residual blocks with a 1×1 shortcut), image → M×H/16×W/16."""
+    layers: List[nn.Module] = []
+    in_ch = 3
+    for stage in range(3):
+        layers.append(ResidualBlockWithStride(in_ch, N, stride=2))
+        layers += [ResidualBlock(N, N) for _ in range(blocks)]
+        in_ch = N
+    layers.append(conv3x3(N, M, stride=2))
+    return nn.Sequential(*layers)
+
+
+def synthesis_transform(N: int, M: int, blocks: int = 0) -> nn.Sequential:
+    """g_s: the mirror of ``analysis_transform`` with sub-pixel (pixel-shuffle) upsampling."""
+    layers: List[nn.Module] = []
+    in_ch = M
+    for stage in range(3):
+        layers += [ResidualBlock(in_ch, in_ch) for _ in range(blocks)]
+        layers.append(ResidualBlockUpsample(in_ch, N, upsample=2))
+        in_ch = N
+    layers += [ResidualBlock(N, N) for _ in range(blocks)]
+    layers.append(subpel_conv3x3(N, 3, 2))
+    return nn.Sequential(*layers)
+
+
+class ICMCodec(MeanScaleHyperprior):
+    """Mean-scale hyperprior codec with residual analysis/synthesis transforms.
+
+    Args:
+        N: channels inside the transforms.
+        M: channels of the latent y (the main bitstream).
+        blocks: extra residual blocks per stage (depth).
+    """
+
+    def __init__(self, N: int = 64, M: int = 96, blocks: int = 0):
+        super().__init__(N=N, M=M)
+        self.g_a = analysis_transform(N, M, blocks)
+        self.g_s = synthesis_transform(N, M, blocks)
+        self.config = {"N": N, "M": M, "blocks": blocks}
+
+    @classmethod
+    def from_preset(cls, preset) -> "ICMCodec":
+        return cls(preset.codec_channels, preset.latent_channels, preset.codec_blocks)
+
+    @classmethod
+    def from_state_dict(cls, state_dict, config: Dict[str, int]) -> "ICMCodec":
+        """Rebuild a trained codec (CDF tables included) from ``state_dict``."""
+        net = cls(**config)
+        net.load_state_dict(state_dict)  # CompressAI resizes the CDF buffers as needed
+        net.eval()
+        return net
+
+
+# --------------------------------------------------------------------------------------
+# Images of any size: pad to the stride, crop back.
+# --------------------------------------------------------------------------------------
+
+def padding_for(height: int, width: int, stride: int = STRIDE) -> Tuple[int, int]:
+    """(pad_bottom, pad_right) that make an image a multiple of ``stride``."""
+    return (-height) % stride, (-width) % stride
+
+
+def pad(x: torch.Tensor, stride: int = STRIDE) -> torch.Tensor:
+    """Replicate-pad a batch on the bottom and right to a multiple of ``stride``.
+
+    Replicate padding (rather than zeros) puts no artificial edge in the image, so the
+    padding costs few bits.
+    """
+    ph, pw = padding_for(x.shape[-2], x.shape[-1], stride)
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (0, pw, 0, ph), mode="replicate")
+
+
+def crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return x[..., :height, :width]
+
+
+def run_codec(net: nn.Module, x: torch.Tensor) -> Dict:
+    """``net.forward`` on an image batch of any size; ``x_hat`` is cropped back to ``x``."""
+    h, w = x.shape[-2:]
+    out = net(pad(x))
+    out["x_hat"] = crop(out["x_hat"], h, w)
+    return out
+
+
+@torch.no_grad()
+def encode_image(net: nn.Module, x: torch.Tensor) -> Dict:
+    """Compress one image tensor (1×3×H×W in [0, 1]) to rANS byte strings.
+
+    Returns ``{"strings": [y_bytes, z_bytes], "shape": (zh, zw), "size": (H, W)}``.
+    Works for ``ICMCodec`` and for any CompressAI hyperprior model.
+    """
+    if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+        raise ValueError(f"encode_image expects a 1×3×H×W tensor, got {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    out = net.compress(pad(x))
+    strings = [s[0] for s in out["strings"]]
+    return {"strings": strings, "shape": tuple(int(v) for v in out["shape"]), "size": (h, w)}
+
+
+@torch.no_grad()
+def decode_image(net: nn.Module, strings: Sequence[bytes], shape: Tuple[int, int],
+                 size: Tuple[int, int]) -> torch.Tensor:
+    """Inverse of ``encode_image``: 1×3×H×W tensor in [0, 1]."""
+    out = net.decompress([[s] for s in strings], list(shape))
+    return crop(out["x_hat"], *size).clamp(0, 1)
+
+
+def likelihood_bits(likelihoods: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """Total estimated bits, -Σ log2 p, of all streams (per batch)."""
+    return sum((-torch.log2(l)).sum() for l in likelihoods.values())
+
+
+def fingerprint(net: nn.Module) -> bytes:
+    """8 bytes identifying a trained codec: a hash of its parameters and CDF tables.
+
+    Written into every ``.icm`` file so that decoding with another model is refused
+    instead of producing a silently wrong image.
+    """
+    h = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        t = tensor.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.digest()[:8]
+
+
+def quantized_image(x_hat: torch.Tensor) -> torch.Tensor:
+    """Round a decoded image to 8-bit levels, as it is when written to a PNG."""
+    return (x_hat.clamp(0, 1) * 255).round() / 255
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints: one file holds the architecture, the weights and the CDF tables.
+# --------------------------------------------------------------------------------------
+CHECKPOINT_FORMAT = "icmlib-codec/1"
+
+
+def codec_checkpoint(net: ICMCodec, **meta: Any) -> Dict[str, Any]:
+    """A dict that ``torch.save`` can write and ``load_codec`` can read back.
+
+    ``meta`` records how the codec was made (preset, task, strategy, rate, command...).
+    Call ``net.update()`` first so the CDF tables used for real coding are included.
+    """
+    return {"format": CHECKPOINT_FORMAT, "config": dict(net.config),
+            "state_dict": net.state_dict(), "meta": meta}
+
+
+def save_codec(net: ICMCodec, path: Union[str, Path], **meta: Any) -> Path:
+    from icmlib.cache import atomic_save
+
+    net.update()
+    atomic_save(codec_checkpoint(net, **meta), Path(path))
+    return Path(path)
+
+
+def load_codec(source: Union[str, Path, Dict[str, Any]]) -> ICMCodec:
+    """An ``ICMCodec`` in eval mode, ready to ``compress``, from a path or a checkpoint dict."""
+    if not isinstance(source, dict):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"no codec checkpoint at {path}")
+        try:
+            source = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise ValueError(f"{path} is not a readable codec checkpoint ({e})") from None
+    if not isinstance(source, dict) or source.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"not an icmlib codec checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    net = ICMCodec.from_state_dict(source["state_dict"], source["config"])
+    net.meta = source.get("meta", {})
+    return net
