@@ -1,0 +1,120 @@
+"""The codec: CompressAI's model API, any image size, real bits vs the estimate, determinism."""
+import math
+
+import pytest
+import torch
+from compressai.models import MeanScaleHyperprior
+
+from icmlib.codec import (STRIDE, ICMCodec, crop, decode_image, encode_image, fingerprint,
+                          likelihood_bits, load_codec, pad, padding_for, run_codec, save_codec)
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    n = ICMCodec(N=16, M=24)
+    n.update(force=True)
+    return n.eval()
+
+
+def test_is_a_compressai_model_with_its_api(net):
+    assert isinstance(net, MeanScaleHyperprior)
+    for method in ("forward", "compress", "decompress", "update", "aux_loss"):
+        assert callable(getattr(net, method))
+    assert torch.isfinite(net.aux_loss())
+
+
+@pytest.mark.parametrize("blocks", [0, 1])
+def test_forward_shapes_any_size(blocks):
+    n = ICMCodec(N=8, M=12, blocks=blocks).train()
+    x = torch.rand(2, 3, 70, 45)
+    out = run_codec(n, x)
+    assert out["x_hat"].shape == x.shape
+    ph, pw = padding_for(70, 45)
+    assert out["likelihoods"]["y"].shape == (2, 12, (70 + ph) // 16, (45 + pw) // 16)
+    assert out["likelihoods"]["z"].shape == (2, 8, (70 + ph) // 64, (45 + pw) // 64)
+
+
+def test_pad_and_crop_roundtrip():
+    x = torch.rand(1, 3, 65, 130)
+    p = pad(x)
+    assert p.shape[-2] % STRIDE == 0 and p.shape[-1] % STRIDE == 0
+    assert torch.equal(crop(p, 65, 130), x)
+    assert pad(torch.rand(1, 3, 64, 128)).shape == (1, 3, 64, 128)
+
+
+def test_noise_in_training_rounding_in_eval(net):
+    x = torch.rand(1, 3, 64, 64)
+    y = net.g_a(x)
+    scales, means = net.h_s(net.entropy_bottleneck(net.h_a(y))[0]).chunk(2, 1)
+    net.gaussian_conditional.train()
+    noisy, _ = net.gaussian_conditional(y, scales, means=means)
+    assert (noisy - y).abs().max() <= 0.5 + 1e-6 and not torch.equal(noisy, torch.round(noisy))
+    net.gaussian_conditional.eval()
+    rounded, _ = net.gaussian_conditional(y, scales, means=means)
+    # ŷ = round(y − μ) + μ: quantisation happens around the predicted mean
+    assert torch.allclose(rounded - means, torch.round(rounded - means), atol=1e-5)
+    net.eval()
+
+
+def test_compress_decompress_matches_forward_and_real_bits_match_estimate(net):
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, 100, 150)
+    with torch.no_grad():
+        out = run_codec(net, x)
+    enc = encode_image(net, x)
+    assert enc["size"] == (100, 150)
+    dec = decode_image(net, enc["strings"], enc["shape"], enc["size"])
+    assert dec.shape == x.shape
+    # the decoder sees exactly the ŷ that the eval-mode forward pass produced
+    assert torch.allclose(dec, out["x_hat"].clamp(0, 1), atol=1e-4)
+    real_bits = 8 * sum(len(s) for s in enc["strings"])
+    est_bits = likelihood_bits(out["likelihoods"]).item()
+    # each rANS stream flushes a few bytes of state; beyond that the two agree to ~1 %
+    assert abs(real_bits - est_bits) <= 0.01 * est_bits + 2 * 8 * 8, (real_bits, est_bits)
+
+
+def test_encoding_is_deterministic_and_thread_count_independent(net):
+    x = torch.rand(1, 3, 80, 96)
+    a, b = encode_image(net, x), encode_image(net, x)
+    assert a["strings"] == b["strings"]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = decode_image(net, a["strings"], a["shape"], a["size"])
+        torch.set_num_threads(2)
+        two = decode_image(net, a["strings"], a["shape"], a["size"])
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal((one * 255).round(), (two * 255).round())
+
+
+def test_encode_rejects_bad_shapes(net):
+    with pytest.raises(ValueError, match="1×3×H×W"):
+        encode_image(net, torch.rand(3, 64, 64))
+    with pytest.raises(ValueError, match="1×3×H×W"):
+        encode_image(net, torch.rand(1, 1, 64, 64))
+
+
+def test_checkpoint_roundtrip_keeps_bytes_and_fingerprint(net, tmp_path):
+    path = save_codec(net, tmp_path / "c.pt", note="test")
+    loaded = load_codec(path)
+    assert loaded.meta == {"note": "test"} and loaded.config == net.config
+    assert fingerprint(loaded) == fingerprint(net)
+    x = torch.rand(1, 3, 64, 64)
+    assert encode_image(loaded, x)["strings"] == encode_image(net, x)["strings"]
+    other = ICMCodec(N=16, M=24)
+    other.update(force=True)
+    assert fingerprint(other) != fingerprint(net)
+
+
+def test_load_codec_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_codec(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable codec checkpoint"):
+        load_codec(bad)
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an icmlib codec checkpoint"):
+        load_codec(tmp_path / "other.pt")

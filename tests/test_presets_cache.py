@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from icmlib import cache
+from icmlib.presets import PRESETS, get_preset
+
+
+def test_preset_from_environment(monkeypatch):
+    monkeypatch.setenv("ICM_PRESET", "ci")
+    assert get_preset().name == "ci"
+    monkeypatch.setenv("ICM_PRESET", "nope")
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        get_preset()
+
+
+def test_default_preset_follows_hardware(monkeypatch):
+    monkeypatch.delenv("ICM_PRESET", raising=False)
+    assert get_preset().name == ("gpu" if torch.cuda.is_available() else "cpu")
+
+
+def test_overrides_and_unknown_fields():
+    original = PRESETS["ci"].batch_size
+    p = get_preset("ci", batch_size=original + 1)
+    assert p.batch_size == original + 1 and p.name == "ci"
+    assert PRESETS["ci"].batch_size == original  # the named preset itself is untouched
+    with pytest.raises(ValueError, match="unknown preset field"):
+        get_preset("ci", not_a_field=1)
+
+
+def test_presets_scale_up():
+    ci, cpu, gpu = (PRESETS[n] for n in ("ci", "cpu", "gpu"))
+    assert ci.codec_steps < cpu.codec_steps < gpu.codec_steps
+    assert gpu.dataset == "coco" and gpu.task_pretrained
+
+
+def test_train_or_load_trains_once_per_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path))
+    calls = []
+
+    def train():
+        calls.append(1)
+        return {"value": len(calls)}
+
+    assert cache.train_or_load("thing", {"a": 1}, train, verbose=False) == {"value": 1}
+    assert cache.train_or_load("thing", {"a": 1}, train, verbose=False) == {"value": 1}
+    assert cache.train_or_load("thing", {"a": 2}, train, verbose=False) == {"value": 2}
+    assert cache.train_or_load("thing", {"a": 1}, train, force=True, verbose=False) == {"value": 3}
+    assert len(calls) == 3
+    assert cache.checkpoint_path("thing", {"a": 1}).with_suffix(".json").exists()
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    target = tmp_path / "x.pt"
+    with pytest.raises(RuntimeError):
+        cache.atomic_save({"bad": Boom()}, target)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
