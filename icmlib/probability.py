@@ -119,3 +119,28 @@ def empirical_entropy_bits(symbols: torch.Tensor) -> float:
         p = counts.double() / values.numel()
         total += float(-(counts.double() * torch.log2(p)).sum())
     return total
+
+
+@torch.no_grad()
+def bits_per_element(net, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(ŷ, bits)`` for one image: the quantized latent and −log2 p of each of its elements.
+
+    Summing ``bits`` over channels gives a map of where in the image the bits go; over
+    space, which channels carry the most information.
+    """
+    net.eval()
+    y, _, scales, means = _hyper_params(net, x)
+    y_hat, lik = net.gaussian_conditional(y, scales, means=means, training=False)
+    return y_hat, -torch.log2(lik)
+
+
+@torch.no_grad()
+def decode_keeping_channels(net, y_hat: torch.Tensor, keep) -> torch.Tensor:
+    """Decode ŷ with only the channels in ``keep``; the others are set to their spatial mean.
+
+    Shows what each part of the latent contributes to the picture.
+    """
+    mask = torch.zeros(y_hat.shape[1], dtype=torch.bool)
+    mask[list(keep)] = True
+    partial = torch.where(mask.view(1, -1, 1, 1), y_hat, y_hat.mean(dim=(2, 3), keepdim=True))
+    return net.g_s(partial).clamp(0, 1)

@@ -55,3 +55,17 @@ def test_empirical_entropy_known_values():
     assert empirical_entropy_bits(constant) == 0
     two_values = torch.tensor([0.0, 1.0] * 8).view(1, 1, 4, 4)
     assert abs(empirical_entropy_bits(two_values) - 16.0) < 1e-9   # 1 bit each
+
+
+def test_bits_per_element_sum_to_the_rate_and_channel_dropping_decodes():
+    from icmlib.probability import bits_per_element, decode_keeping_channels
+
+    net, x = _net(), torch.rand(1, 3, 64, 64)
+    y_hat, bits = bits_per_element(net, x)
+    assert bits.shape == y_hat.shape and (bits >= 0).all()
+    r = rate_report(net, x)
+    assert abs(float(bits.sum()) - r["estimated_bits_y"]) < 1e-3 * r["estimated_bits_y"] + 1e-3
+    full = decode_keeping_channels(net, y_hat, range(y_hat.shape[1]))
+    assert torch.allclose(full, net.g_s(y_hat).clamp(0, 1))
+    none = decode_keeping_channels(net, y_hat, [])
+    assert none.shape == full.shape
