@@ -1,0 +1,349 @@
+"""Anchors: every codec that can run here round-trips real images; missing tools are skipped
+with a message, never a crash."""
+import stat
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from icmlib.anchors import (AV1, AVIF, HEVC, JPEG, VVC, AnchorUnavailable, JPEG2000, LearnedCodec,
+                            WebP, available_anchors, bpp, compressai_zoo, compressai_zoo_codec,
+                            make_anchor, pack_strings, rd_points, rgb_to_yuv, to_pil,
+                            unpack_strings, yuv_to_rgb)
+
+
+def synthetic_image(width=96, height=72, seed=0) -> np.ndarray:
+    """Smooth colour gradients, a few flat shapes with sharp edges, and mild texture."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    img = np.stack([255 * xx / width, 255 * yy / height, 128 + 60 * np.sin(xx / 7 + yy / 11)], -1)
+    img[height // 4: height // 2, width // 5: width // 2] = (220, 40, 40)
+    disk = (xx - 0.7 * width) ** 2 + (yy - 0.6 * height) ** 2 < (0.18 * min(width, height)) ** 2
+    img[disk] = (30, 60, 200)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def psnr(a, b) -> float:
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return 10 * np.log10(255 ** 2 / mse)
+
+
+def check_curve(codec, image, qualities):
+    """Round-trip at each setting: size kept, bpp strictly and PSNR (nearly) increasing."""
+    h, w, _ = image.shape
+    rates, psnrs = [], []
+    for q in qualities:
+        data, dec = codec.roundtrip(image, q)
+        assert isinstance(data, bytes) and len(data) > 0
+        assert dec.mode == "RGB" and dec.size == (w, h), f"{codec.name} q={q}: size {dec.size}"
+        rates.append(bpp(data, w, h))
+        psnrs.append(psnr(image, dec))
+    msg = f"{codec.name}: bpp {np.round(rates, 3)}, PSNR {np.round(psnrs, 2)}"
+    assert all(b > a for a, b in zip(rates, rates[1:])), msg
+    assert all(b > a - 0.1 for a, b in zip(psnrs, psnrs[1:])), msg
+    assert psnrs[-1] > psnrs[0] + 3, msg
+    assert 12 < psnrs[0] and psnrs[-1] > 26, msg
+    return rates, psnrs
+
+
+def skip_unless_available(codec):
+    ok, why = codec.available()
+    if not ok:
+        pytest.skip(f"{codec.name} unavailable: {why}")
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+
+def test_bpp():
+    assert bpp(b"x" * 16, 4, 4) == 8.0
+    assert bpp(32, 8, 4) == 8.0
+    with pytest.raises(ValueError):
+        bpp(b"x", 0, 4)
+
+
+def test_to_pil_accepts_arrays_and_tensors():
+    arr = synthetic_image(20, 10)
+    assert np.array_equal(np.asarray(to_pil(arr)), arr)
+    t = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+    assert np.array_equal(np.asarray(to_pil(t)), arr)
+    assert np.array_equal(np.asarray(to_pil(t[None])), arr)
+    assert to_pil(Image.fromarray(arr).convert("L")).mode == "RGB"
+    with pytest.raises(ValueError, match="H×W×3 uint8"):
+        to_pil(arr.astype(np.float32))
+    with pytest.raises(ValueError, match="batch"):
+        to_pil(torch.zeros(2, 3, 4, 4))
+
+
+def test_yuv_conversion():
+    img = synthetic_image(64, 48)
+    # 4:4:4 is lossless up to rounding
+    back = yuv_to_rgb(rgb_to_yuv(img, "444"), 64, 48, "444")
+    assert np.abs(back.astype(int) - img).max() <= 2
+    # 4:2:0 loses chroma detail only: the luma survives, a smooth image barely changes
+    yuv = rgb_to_yuv(img, "420")
+    assert len(yuv) == 64 * 48 * 3 // 2
+    back = yuv_to_rgb(yuv, 64, 48, "420")
+    luma = lambda rgb: rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(luma(back) - luma(img)).mean() < 1.5
+    assert psnr(img, back) > 25
+    yy, xx = np.mgrid[0:48, 0:64]
+    smooth = np.stack([4 * xx, 5 * yy, 2 * (xx + yy)], -1).astype(np.uint8)
+    assert psnr(smooth, yuv_to_rgb(rgb_to_yuv(smooth, "420"), 64, 48, "420")) > 40
+    with pytest.raises(ValueError, match="even"):
+        rgb_to_yuv(img[:47], "420")
+
+
+def test_unknown_anchor():
+    with pytest.raises(ValueError, match="unknown anchor"):
+        make_anchor("h264")
+
+
+# --------------------------------------------------------------------------------------
+# Pillow codecs
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", [JPEG, WebP, AVIF, JPEG2000])
+def test_pillow_codec_roundtrip(cls):
+    codec = cls()
+    skip_unless_available(codec)
+    q = codec.qualities
+    check_curve(codec, synthetic_image(), [q[0], q[len(q) // 2], q[-1]])
+
+
+def test_jpeg2000_hits_its_target_rate():
+    codec = JPEG2000()
+    skip_unless_available(codec)
+    img = synthetic_image(128, 128)
+    for target in (0.5, 1.0):
+        assert bpp(codec.encode(img, target), 128, 128) == pytest.approx(target, rel=0.1)
+
+
+def test_default_settings_span_low_rates():
+    """On a 128×128 image the default settings reach below 0.5 bpp and above 1.3 bpp."""
+    img = synthetic_image(128, 128)
+    for codec in (JPEG(), WebP(), JPEG2000()):
+        skip_unless_available(codec)
+        lo = bpp(codec.encode(img, codec.qualities[0]), 128, 128)
+        hi = bpp(codec.encode(img, codec.qualities[-1]), 128, 128)
+        assert lo < 0.5 and hi > 1.3, (codec.name, lo, hi)
+
+
+# --------------------------------------------------------------------------------------
+# ffmpeg codecs
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", [HEVC, AV1])
+def test_ffmpeg_codec_roundtrip_odd_size(cls):
+    codec = cls()
+    skip_unless_available(codec)
+    q = codec.qualities
+    img = synthetic_image(71, 45)  # odd width and height: padded for 4:2:0, cropped back
+    check_curve(codec, img, [q[0], q[len(q) // 2], q[-1]])
+
+
+def test_hevc_444():
+    codec = HEVC(chroma="444")
+    skip_unless_available(codec)
+    img = synthetic_image(40, 33)
+    data, dec = codec.roundtrip(img, 22)
+    assert dec.size == (40, 33) and psnr(img, dec) > 32
+
+
+def test_hevc_stream_is_raw_annexb_without_info_sei():
+    codec = HEVC()
+    skip_unless_available(codec)
+    data = codec.encode(synthetic_image(64, 64), 40)
+    stream = data[4:]
+    assert stream.startswith(b"\x00\x00\x00\x01")  # Annex-B start code: no container
+    assert b"x265" not in stream  # the encoder's info SEI (its command line) is off
+
+
+def test_missing_ffmpeg_is_skipped_with_message(monkeypatch, capsys):
+    codec = HEVC(ffmpeg="/nonexistent/bin/ffmpeg")
+    ok, why = codec.available()
+    assert not ok and "apt-get install ffmpeg" in why
+    with pytest.raises(AnchorUnavailable, match="ffmpeg not found"):
+        codec.encode(synthetic_image(16, 16), 30)
+
+    monkeypatch.setenv("ICM_FFMPEG", "/nonexistent/bin/ffmpeg")
+    found = available_anchors(["jpeg", "hevc", "av1"])
+    err = capsys.readouterr().err
+    assert "skipping anchor hevc" in err and "skipping anchor av1" in err
+    assert "apt-get install ffmpeg" in err
+    assert [c.name for c in found] == (["jpeg"] if JPEG().available()[0] else [])
+    assert available_anchors(["hevc"], verbose=False) == []
+    assert capsys.readouterr().err == ""
+
+
+# --------------------------------------------------------------------------------------
+# VVC
+# --------------------------------------------------------------------------------------
+
+def test_vvc_without_binary_is_unavailable(monkeypatch):
+    monkeypatch.delenv("ICM_VVC_ENCODER", raising=False)
+    monkeypatch.delenv("ICM_VVC_DECODER", raising=False)
+    ok, why = VVC().available()
+    assert not ok and "ICM_VVC_ENCODER" in why and "vvenc" in why
+    ok, why = VVC(encoder="/no/such/vvencapp", decoder="/no/such/vvdecapp").available()
+    assert not ok and "not found" in why
+    with pytest.raises(AnchorUnavailable):
+        VVC().encode(synthetic_image(16, 16), 37)
+
+
+def test_vtm_needs_its_config(tmp_path):
+    enc = _script(tmp_path / "EncoderApp", "import sys; sys.exit(0)")
+    dec = _script(tmp_path / "DecoderApp", "import sys; sys.exit(0)")
+    ok, why = VVC(encoder=str(enc), decoder=str(dec)).available()
+    assert not ok and "encoder_intra_vtm.cfg" in why
+
+
+def _script(path, body):
+    path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+def test_vvc_plumbing_with_stand_in_binaries(tmp_path):
+    """The VVC wrapper's file and argument handling, with stand-ins for vvencapp/vvdecapp that
+    'encode' by copying the YUV and 'decode' to 10-bit samples (not real VVC: no binary here)."""
+    enc = _script(tmp_path / "vvencapp", """
+        import sys
+        a = sys.argv[1:]
+        get = lambda k: a[a.index(k) + 1]
+        assert get("-s") == "72x46" and get("-c") == "yuv420" and get("-q") == "37", a
+        data = open(get("-i"), "rb").read()
+        assert len(data) == 72 * 46 * 3 // 2
+        open(get("-o"), "wb").write(b"FAKE" + data)
+    """)
+    dec = _script(tmp_path / "vvdecapp", """
+        import sys, numpy as np
+        a = sys.argv[1:]
+        get = lambda k: a[a.index(k) + 1]
+        data = open(get("-b"), "rb").read()
+        assert data[:4] == b"FAKE"
+        ten_bit = np.frombuffer(data[4:], np.uint8).astype("<u2") * 4
+        open(get("-o"), "wb").write(ten_bit.tobytes())
+    """)
+    codec = VVC(encoder=str(enc), decoder=str(dec))
+    assert codec.available()[0] and codec.flavour == "vvenc"
+    img = synthetic_image(71, 45)
+    data, dec_img = codec.roundtrip(img, 37)
+    assert dec_img.size == (71, 45)
+    # only the 4:2:0 conversion is lossy here
+    assert psnr(img, dec_img) == pytest.approx(
+        psnr(img[:44, :70], yuv_to_rgb(rgb_to_yuv(img[:44, :70], "420"), 70, 44, "420")), abs=1.5)
+    assert len(data) == 4 + 4 + 72 * 46 * 3 // 2  # size header + stand-in stream
+
+
+# --------------------------------------------------------------------------------------
+# Learned codecs
+# --------------------------------------------------------------------------------------
+
+def test_pack_strings_roundtrip():
+    data = pack_strings(2, (45, 71), (1, 2), [b"abc", b"", b"de"])
+    assert len(data) == 10 + 3 * 4 + 5
+    assert unpack_strings(data) == (2, (45, 71), (1, 2), [b"abc", b"", b"de"])
+    with pytest.raises(ValueError, match="truncated"):
+        unpack_strings(data[:-1])
+
+
+@pytest.fixture(scope="module")
+def toy_nets():
+    from icmlib.codec import ICMCodec
+    import copy
+    torch.manual_seed(0)
+    net = ICMCodec(N=8, M=8).eval()
+    net.update(force=True)
+    other = copy.deepcopy(net)  # a second model: same entropy tables, different decoder
+    with torch.no_grad():
+        other.g_s[-1][0].weight.mul_(0.5)
+    return [net, other]
+
+
+@pytest.mark.parametrize("container", ["icm", "raw"])
+def test_learned_codec_roundtrip(toy_nets, container):
+    from icmlib import bitstream
+    from icmlib.codec import decode_image, encode_image, fingerprint
+    codec = LearnedCodec(toy_nets, name="toy", container=container)
+    assert codec.qualities == (0, 1) and codec.available()[0]
+    img = synthetic_image(37, 21)
+    x = torch.from_numpy(img).permute(2, 0, 1).float().div(255)[None]
+    for q in codec.qualities:
+        data, dec = codec.roundtrip(img, q)
+        assert dec.size == (37, 21)
+        enc = encode_image(toy_nets[q], x)
+        if container == "icm":
+            f = bitstream.unpack(data)
+            assert f.fingerprint == fingerprint(toy_nets[q]) and (f.height, f.width) == (21, 37)
+            assert f.streams == enc["strings"]
+            assert len(data) == bitstream.header_size(2) + sum(map(len, enc["strings"]))
+        else:
+            index, size, shape, strings = unpack_strings(data)
+            assert index == q and size == (21, 37) and strings == enc["strings"]
+        # the same image as calling the codec module directly
+        direct = to_pil(decode_image(toy_nets[q], enc["strings"], enc["shape"], enc["size"]))
+        assert np.array_equal(np.asarray(dec), np.asarray(direct))
+    with pytest.raises(ValueError, match="unknown setting"):
+        codec.encode(img, 5)
+
+
+def test_learned_codec_refuses_a_foreign_icm_file(toy_nets):
+    from icmlib import bitstream
+    data = LearnedCodec(toy_nets[1], name="b").encode(synthetic_image(16, 16), 0)
+    with pytest.raises(bitstream.BitstreamError, match="none of this codec"):
+        LearnedCodec(toy_nets[0], name="a").decode(data)
+
+
+def test_learned_codec_lazy_loading(toy_nets):
+    calls = []
+
+    def load():
+        calls.append(1)
+        return toy_nets[0]
+
+    codec = LearnedCodec({"low": load}, name="lazy")
+    assert calls == []
+    codec.encode(synthetic_image(32, 32), "low")
+    codec.encode(synthetic_image(32, 32), "low")
+    assert calls == [1]
+
+
+def test_compressai_zoo_offline_names_the_download(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    with pytest.raises(AnchorUnavailable, match=r"https://.*bmshj2018-hyperprior-1-.*\.pth\.tar"):
+        compressai_zoo("bmshj2018-hyperprior", 1, offline=True)
+
+    # a failed download (no network) gives the same kind of message, not a urllib traceback
+    import compressai.zoo.image as zoo_image
+    from urllib.error import URLError
+
+    def no_network(url, *args, **kwargs):
+        raise URLError("network is unreachable")
+
+    monkeypatch.setattr(zoo_image, "load_state_dict_from_url", no_network)
+    with pytest.raises(AnchorUnavailable, match="could not download.*network is unreachable"):
+        compressai_zoo("bmshj2018-hyperprior", 2, offline=False)
+
+    codec = compressai_zoo_codec("bmshj2018-hyperprior", qualities=(1, 2))
+    ok, why = codec.available()
+    assert not ok and "not cached" in why
+    with pytest.raises(ValueError, match="no pretrained"):
+        compressai_zoo("bmshj2018-hyperprior", 99)
+
+
+# --------------------------------------------------------------------------------------
+# Whole registry
+# --------------------------------------------------------------------------------------
+
+def test_rd_points_every_available_anchor():
+    img = synthetic_image(64, 64)
+    for codec in available_anchors(verbose=False):
+        pts = rd_points(codec, img, [codec.qualities[-1]])
+        assert pts[0]["bytes"] > 0 and pts[0]["bpp"] == pytest.approx(pts[0]["bytes"] / 512)
+        assert pts[0]["psnr"] > 25, (codec.name, pts)
