@@ -50,13 +50,79 @@ class Preset:
     task_pretrained: bool = False       # True: torchvision COCO weights (downloads)
     task_backbone_width: int = 16       # small backbone for the toy presets
     task_fpn_channels: int = 32
+    task_finest_stride: int = 8         # finest feature-pyramid level: stride 8 (or 4)
     task_image_size: int = 128          # min/max size the detector resizes to
-    task_steps: int = 1500
+    task_steps: int = 1500              # training steps of the detectors (Faster/Mask R-CNN)
     task_batch_size: int = 4
-    task_lr: float = 2e-3
+    task_lr: float = 2e-3               # AdamW peak learning rate (warm-up, cosine decay)
+    task_weight_decay: float = 1e-4
+    task_warmup_steps: int = 100
+    task_train_images: int = 0          # training images for task networks (0: train_images)
+    task_representation_size: int = 128 # box head (TwoMLPHead) width; torchvision: 1024
+    task_rpn_batch_size: int = 64       # anchors sampled per image for the RPN loss; tv: 256
+    task_roi_batch_size: int = 64       # proposals sampled per image for the RoI loss; tv: 512
+    task_detections_per_image: int = 20
+    task_unet_width: int = 16           # semantic task network (U-Net)
+    task_unet_depth: int = 3
+    task_semantic_steps: int = 1000
+    # Mask R-CNN = Faster R-CNN + a mask branch: start it from the trained detector
+    # ("detection") and fine-tune for task_instance_steps, or train it alone ("")
+    task_instance_init: str = "detection"
+    task_instance_steps: int = 1000
 
     # --- evaluation ------------------------------------------------------------------
     eval_images: int = 64
+
+    # --- reproduction (icmlib.reproduce, `icm reproduce`): its time budget ---------------
+    # Rate points are preset.rd_lambdas. The MSE codec at rate ``repro_base_rate`` is
+    # trained from scratch (repro_mse_steps); the MSE codecs at the other rates are
+    # fine-tuned from it (repro_finetune_steps), and every ICM codec is fine-tuned from the
+    # MSE codec of its rate (repro_icm_steps). repro_base_rate = -1: every MSE codec from
+    # scratch. See icmlib/reproduce.py for the budget of each preset.
+    repro_eval_images: int = 32         # validation images every codec is evaluated on
+    repro_anchors: Tuple[str, ...] = () # anchor names (icmlib.anchors.ANCHORS); () = all
+    repro_anchor_points: int = 6        # settings per anchor, spread over its range; 0 = all
+    repro_strategies: Tuple[str, ...] = ("fixed", "dynamic")
+    repro_base_rate: int = 1
+    repro_mse_steps: int = 1500
+    repro_finetune_steps: int = 300
+    repro_icm_steps: int = 150
+    repro_val_every: int = 50           # validation period of the ICM runs (weighting curves)
+
+    # --- segmentation chapters (icmlib.segmentation / seg_train) ------------------------
+    seg_image_size: int = 96            # images and masks are resized to this square size
+    seg_width: int = 16                 # channels of the first U-Net stage
+    seg_depth: int = 3                  # poolings in the U-Net / FCN encoder
+    seg_steps: int = 300                # training steps of one segmenter
+    seg_batch_size: int = 8
+    seg_lr: float = 5e-3                # Adam
+    seg_val_every: int = 50             # validation (early stopping) period, in steps
+    seg_patience: int = 4               # validations without improvement before stopping
+    seg_eval_images: int = 64           # validation images used in the results tables
+    seg_patch_size: int = 13            # window of the sliding-window patch classifier
+    seg_pretrain_steps: int = 300       # transfer learning: steps on the source task
+    seg_transfer_labels: int = 16       # transfer learning: labelled target images
+    seg_transfer_steps: int = 150       # transfer learning: steps on the target task
+    seg_gan_steps: int = 300            # cGAN / VAE segmenters
+    seg_latent_dim: int = 6             # VAE segmenter latent size
+
+    # --- codec training (icmlib.train, icmlib.weighting) -----------------------------
+    train_seed: int = 0                 # seeds codec init, batches, crops and noise
+    checkpoint_every: int = 250         # steps between resumable checkpoints
+    train_val_images: int = 16          # val images coded for real at each validation
+    lr_decay_at: float = 0.8            # fraction of the steps after which lr (and aux) x0.1
+    icm_task_weight: float = 100.0      # tau: full-strength w_task = tau * lambda
+    icm_mse_weight: float = 0.1         # mu: an ICM codec keeps w_mse = mu * lambda
+    weighting_warmup: float = 0.1       # dynamic: MSE only until this fraction of steps
+    weighting_ramp_end: float = 0.5     # dynamic: task at full strength from this fraction
+    auto_momentum: float = 0.9          # auto: momentum of the running loss magnitudes
+    icm_init_from_mse: bool = True      # codec_for: start ICM codecs from the MSE codec
+    icm_crop_size: int = 128            # ICM training crops (0: crop_size). The small task
+                                        # networks resize every input to task_image_size, so
+                                        # a smaller crop would show them objects too large
+    icm_batch_size: int = 4             # ICM training batch (0: batch_size)
+    train_threads: int = 0              # torch CPU threads while training (0: torch's default);
+                                        # tiny ci tensors run faster on one thread
 
     # --- runtime ---------------------------------------------------------------------
     device: str = "cpu"
@@ -85,18 +151,46 @@ PRESETS = {
         codec_steps=40, icm_steps=20, lr=1e-3,
         rd_lambdas=(0.0035, 0.013, 0.05, 0.2),
         task_backbone_width=8, task_fpn_channels=16, task_image_size=64,
-        task_steps=20, task_batch_size=4,
+        task_steps=20, task_batch_size=4, task_warmup_steps=5, task_representation_size=32,
+        task_rpn_batch_size=32, task_roi_batch_size=32, task_unet_width=8, task_unet_depth=2,
+        task_semantic_steps=20, task_instance_steps=20,
         eval_images=4, log_every=5, val_every=20,
+        repro_eval_images=4, repro_anchors=("jpeg", "webp", "hevc", "vvc"),
+        repro_anchor_points=4, repro_mse_steps=12, repro_finetune_steps=2,
+        repro_icm_steps=3, repro_val_every=3,
+        checkpoint_every=5, train_val_images=4, icm_crop_size=64, icm_batch_size=4,
+        train_threads=1,
+        seg_image_size=64, seg_width=8, seg_steps=30, seg_batch_size=4, seg_lr=1e-2, seg_val_every=10,
+        seg_patience=3, seg_eval_images=8, seg_patch_size=9, seg_pretrain_steps=20,
+        seg_transfer_labels=4, seg_transfer_steps=15, seg_gan_steps=30,
     ),
-    "cpu": Preset(name="cpu"),
+    "cpu": Preset(
+        name="cpu",
+        # task networks: ~1600 training images (the world extended), 2500 AdamW steps
+        task_steps=2500, task_train_images=1600, task_lr=3e-3, task_instance_steps=600,
+        task_semantic_steps=600,
+        # codecs: short runs need a larger step than the paper-scale 1e-4 (measured: MSE
+        # codec at λ=0.0067 reaches 21.8 dB after 800 steps at 1e-3); ICM codecs start from
+        # the MSE codec, so 600 steps (~6 CPU-minutes) suffice
+        lr=1e-3, codec_steps=2000, icm_steps=600,
+    ),
     "gpu": Preset(
         name="gpu", dataset="coco",
         codec_channels=128, latent_channels=192, codec_blocks=1,
         crop_size=256, batch_size=16, codec_steps=300_000, icm_steps=200_000,
         rd_lambdas=(0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483),
         task_pretrained=True, task_image_size=800, task_steps=0, task_batch_size=8,
+        task_unet_width=32, task_unet_depth=4, task_semantic_steps=20_000,
+        task_detections_per_image=100,
         eval_images=5000, device="cuda", num_workers=8, amp=True,
+        repro_eval_images=5000, repro_anchor_points=0, repro_base_rate=-1, repro_mse_steps=300_000,
+        repro_icm_steps=200_000, repro_val_every=5000,
         log_every=100, val_every=5000,
+        checkpoint_every=5000, train_val_images=200, icm_crop_size=0, icm_batch_size=0,
+        seg_image_size=256, seg_width=32, seg_depth=4, seg_steps=20_000, seg_batch_size=16,
+        seg_lr=1e-3, seg_val_every=1000, seg_patience=5, seg_eval_images=500,
+        seg_patch_size=17, seg_pretrain_steps=20_000, seg_transfer_labels=200, seg_transfer_steps=5000,
+        seg_gan_steps=20_000,
     ),
 }
 

@@ -1,0 +1,211 @@
+"""The training loop: learning, logging, resume, divergence, DDP, train-or-load, CLI."""
+import math
+import os
+import socket
+
+import pytest
+import torch
+
+from icmlib import losses as losses_module
+from icmlib.codec import load_codec
+from icmlib.presets import get_preset
+from icmlib.train import (TrainingDiverged, codec_for, read_log, resolve_rate, train_codec)
+from icmlib.weighting import Dynamic
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two threads on a loaded 2-core machine spin more than they compute."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def ci(**overrides):
+    return get_preset("ci", **overrides)
+
+
+def _no_time(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_resolve_rate():
+    p = ci()
+    assert resolve_rate(p, 1) == (1, p.rd_lambdas[1])
+    assert resolve_rate(p, "2") == (2, p.rd_lambdas[2])
+    assert resolve_rate(p, "0.0067") == (None, 0.0067)
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_rate(p, 9)
+    with pytest.raises(ValueError, match="neither an index"):
+        resolve_rate(p, "high")
+    with pytest.raises(ValueError, match="positive"):
+        resolve_rate(p, -0.1)
+
+
+def test_short_run_lowers_the_loss_and_logs_every_step(tmp_path):
+    steps = 30
+    result = train_codec(ci(val_every=15), steps=steps, out_dir=tmp_path, progress=False, seed=0)
+    rows = read_log(tmp_path / "train_log.csv")
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+    for r in rows:  # every term and weight, every step
+        for k in ("loss", "rate", "mse", "task", "w_rate", "w_mse", "w_task", "lr", "psnr"):
+            assert math.isfinite(r[k]), (k, r)
+        assert r["w_mse"] == pytest.approx(ci().rd_lambdas[0]) and r["w_task"] == 0.0
+    first = sum(r["loss"] for r in rows[:5]) / 5
+    last = sum(r["loss"] for r in rows[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+    val = read_log(tmp_path / "val_log.csv")
+    assert [v["step"] for v in val] == [15, 30]
+    assert all(v["bpp"] > 0 and v["psnr"] > 0 and v["bpp_estimate"] > 0 for v in val)
+    assert result["logs"]["train"] == rows
+    net = load_codec(tmp_path / "codec.pt")  # the final codec codes for real
+    assert net.meta["strategy"] == "mse" and net.meta["steps"] == steps
+    assert (tmp_path / "checkpoint.pt").is_file()
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    p = ci(checkpoint_every=4, val_every=100)
+    steps = 8
+    full = train_codec(p, steps=steps, out_dir=tmp_path / "full", progress=False)
+
+    def kill_at_6(step, row):
+        if step == 6:  # two steps after the checkpoint at 4: those are lost and redone
+            raise _Killed()
+
+    with pytest.raises(_Killed):
+        train_codec(p, steps=steps, out_dir=tmp_path / "cut", progress=False, on_step=kill_at_6)
+    assert len(read_log(tmp_path / "cut" / "train_log.csv")) == 6
+    resumed = train_codec(p, steps=steps, out_dir=tmp_path / "cut", progress=False, resume=True)
+    assert _no_time(resumed["logs"]["train"]) == _no_time(full["logs"]["train"])
+    for k, v in full["state_dict"].items():
+        assert torch.equal(v, resumed["state_dict"][k]), k
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    p = ci(checkpoint_every=2, val_every=100)
+    train_codec(p, steps=2, out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other settings.*lambda"):
+        train_codec(p, rate_index=1, steps=2, out_dir=tmp_path, progress=False, resume=True)
+
+
+def test_nan_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    p = ci(checkpoint_every=2, val_every=100)
+    calls = {"n": 0}
+    real_mse = losses_module.mse_loss
+
+    def poisoned(x_hat, x):
+        calls["n"] += 1
+        value = real_mse(x_hat, x)
+        return value * float("nan") if calls["n"] == 5 else value
+
+    monkeypatch.setattr(losses_module, "mse_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"became nan at step 5.*last good checkpoint"):
+        train_codec(p, steps=8, out_dir=tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "codec.pt").exists()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out_dir, cache):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), ICM_CACHE=cache)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        p = get_preset("ci", batch_size=2, checkpoint_every=2, val_every=100)
+        result = train_codec(p, steps=3, out_dir=out_dir, progress=False)
+        torch.save(result["state_dict"], os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_end_with_identical_weights(tmp_path):
+    import torch.multiprocessing as mp
+
+    from icmlib.codec import ICMCodec
+    from icmlib.data import dataset_for
+
+    dataset_for(ci(), "train")  # generate the world once, before the ranks start
+    dataset_for(ci(), "val")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), os.environ["ICM_CACHE"]),
+             nprocs=2, join=True)
+    a = torch.load(tmp_path / "rank0.pt")
+    b = torch.load(tmp_path / "rank1.pt")
+    torch.manual_seed(ci().train_seed)
+    init = ICMCodec.from_preset(ci()).state_dict()
+    moved = False
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"ranks disagree on {k}"
+        if k in init and init[k].shape == a[k].shape and not torch.equal(init[k], a[k]):
+            moved = True
+    assert moved, "training did not change the weights"
+    assert len(read_log(tmp_path / "train_log.csv")) == 3  # rank 0 alone logs
+
+
+@pytest.mark.slow
+def test_icm_dynamic_run_logs_the_documented_schedule(tmp_path):
+    p = ci(val_every=6, checkpoint_every=6)
+    steps = 6
+    result = train_codec(p, task="detection", strategy="dynamic", steps=steps,
+                         out_dir=tmp_path, progress=False)
+    rows = read_log(tmp_path / "train_log.csv")
+    lam = p.rd_lambdas[0]
+    expect = Dynamic(lam, steps, p.icm_task_weight, p.icm_mse_weight, p.weighting_warmup,
+                     p.weighting_ramp_end)
+    for r in rows:
+        w = expect.weights(int(r["step"]) - 1, {})
+        assert (r["w_rate"], r["w_mse"], r["w_task"]) == pytest.approx((w["rate"], w["mse"], w["task"]))
+        assert r["task"] > 0 and "task/loss_classifier" in r
+    assert rows[0]["w_task"] == 0 and rows[-1]["w_task"] == pytest.approx(p.icm_task_weight * lam)
+    val = read_log(tmp_path / "val_log.csv")
+    assert "task_score" in val[-1] and 0 <= val[-1]["task_score"] <= 1
+    assert result["meta"]["task"] == "detection"
+
+
+def test_bad_arguments_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown strategy"):
+        train_codec(ci(), strategy="gradnorm", out_dir=tmp_path)
+    with pytest.raises(ValueError, match="needs a task"):
+        train_codec(ci(), strategy="dynamic", out_dir=tmp_path)
+    with pytest.raises(ValueError, match="takes no task|give no task"):
+        train_codec(ci(), task="detection", strategy="mse", out_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown task"):
+        train_codec(ci(), task="pose", strategy="fixed", out_dir=tmp_path)
+
+
+def test_codec_for_trains_once_then_loads(capsys):
+    p = ci(codec_steps=4, checkpoint_every=4, val_every=100)
+    a = codec_for(p, progress=False)
+    b = codec_for(p, progress=False)
+    assert not a.training and a.meta["strategy"] == "mse"
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k])
+    assert len(b.logs["train"]) == 4
+
+
+def test_cli_train_and_errors(tmp_path, capsys):
+    from icmlib.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "ci", "--strategy", "mse", "--rate", "1", "--steps", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    net = load_codec(out / "codec.pt")
+    assert net.meta["rate"] == get_preset("ci").rd_lambdas[1]
+    assert main(["train", "--preset", "ci", "--strategy", "dynamic", "--out", str(out)]) == 2
+    assert "needs a task" in capsys.readouterr().err
+    assert main(["train", "--preset", "ci", "--rate", "7", "--out", str(out)]) == 2
