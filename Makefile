@@ -20,7 +20,8 @@ setup: $(STAMP)
 
 # Checkpoints trained by the book live in .cache/book (train-or-load: a rebuild reuses them).
 book: $(STAMP)
-	ICM_PRESET=$${ICM_PRESET:-cpu} ICM_CACHE=$${ICM_CACHE:-$(CURDIR)/.cache/book} MPLBACKEND=Agg \
+	ICM_PRESET=$${ICM_PRESET:-cpu} ICM_CACHE=$${ICM_CACHE:-$(CURDIR)/.cache/book} \
+	  MPLBACKEND=module://matplotlib_inline.backend_inline \
 	  $(BIN)/jupyter-book build . --all
 	@echo "Book built: open _build/html/index.html"
 

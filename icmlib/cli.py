@@ -13,22 +13,444 @@ class CLIError(Exception):
 
 # ---- encode / decode / info ------------------------------------------------------------
 def _add_codec_commands(sub) -> None:
-    pass  # filled in by the bitstream work
+    model_help = ("codec checkpoint to use (a file written by icmlib.codec.save_codec, e.g. by "
+                  "'icm train'); default: the codec shipped with icmlib")
+    p = sub.add_parser(
+        "encode", help="compress an image (PNG, JPEG, ...) into an .icm file",
+        description="Compress an image into an .icm file and print its real bits per pixel "
+                    "next to the codec's likelihood estimate.")
+    p.add_argument("image", help="input image (PNG, JPEG, any size; gray/RGBA converted)")
+    p.add_argument("output", help="the .icm file to write")
+    p.add_argument("--model", metavar="CKPT", help=model_help)
+    p.set_defaults(func=_encode_command)
+
+    p = sub.add_parser(
+        "decode", help="decode an .icm file into a PNG",
+        description="Decode an .icm file with the codec that wrote it and save a PNG.")
+    p.add_argument("input", help="the .icm file")
+    p.add_argument("output", help="the PNG to write")
+    p.add_argument("--model", metavar="CKPT", help=model_help + "; must be the encoding codec")
+    p.set_defaults(func=_decode_command)
+
+    p = sub.add_parser(
+        "info", help="show what is inside an .icm file",
+        description="Print an .icm file's header, streams and bits per pixel (no model "
+                    "needed; with --model, also say whether that codec can decode it).")
+    p.add_argument("input", help="the .icm file")
+    p.add_argument("--model", metavar="CKPT", help="also check this codec against the file")
+    p.set_defaults(func=_info_command)
+
+
+def _codec_for_cli(model):
+    from icmlib.pretrained import ModelError, resolve_codec
+
+    try:
+        return resolve_codec(model)
+    except ModelError as e:
+        raise CLIError(str(e)) from None
+
+
+def _image_for_cli(path):
+    """Load an image; conversions (gray, RGBA, ...) are reported, non-images are refused."""
+    import warnings
+
+    from icmlib.data import load_image
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            image = load_image(path)
+        except (FileNotFoundError, ValueError) as e:
+            raise CLIError(str(e)) from None
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            print(f"note: {w.message}", file=sys.stderr)
+    return image
+
+
+def _read_icm_for_cli(path):
+    from icmlib.bitstream import BitstreamError, read_icm
+
+    try:
+        return read_icm(path)
+    except (FileNotFoundError, BitstreamError) as e:
+        raise CLIError(str(e)) from None
+
+
+def _encode_command(args) -> int:
+    import torch
+
+    from icmlib.bitstream import compress_image, header_size, pack, write_icm
+    from icmlib.codec import likelihood_bits, run_codec
+
+    image = _image_for_cli(args.image)
+    net = _codec_for_cli(args.model)
+    try:
+        data = pack(compress_image(net, image))
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    try:
+        write_icm(args.output, data)
+    except OSError as e:
+        raise CLIError(f"cannot write {args.output}: {e}") from None
+    with torch.no_grad():
+        estimate = likelihood_bits(run_codec(net, image[None])["likelihoods"]).item()
+    h, w = image.shape[-2:]
+    pixels = h * w
+    print(f"{args.image}: {w}×{h} pixels -> {args.output}: {len(data)} bytes")
+    print(f"  bpp (file)       {8 * len(data) / pixels:.4f}   real bytes × 8 / pixels, "
+          f"{header_size(2)}-byte header included")
+    print(f"  bpp (likelihood) {estimate / pixels:.4f}   the codec's estimate −Σlog2 p of "
+          f"both streams")
+    return 0
+
+
+def _decode_command(args) -> int:
+    from pathlib import Path
+
+    from icmlib.bitstream import BitstreamError, decompress_file
+    from icmlib.data import save_image
+
+    if Path(args.output).suffix.lower() != ".png":
+        raise CLIError(f"icm decode writes a PNG (lossless, so the decoded pixels are kept "
+                       f"exactly); name the output *.png, not {args.output}")
+    f = _read_icm_for_cli(args.input)
+    net = _codec_for_cli(args.model)
+    try:
+        image = decompress_file(net, f)
+    except BitstreamError as e:
+        raise CLIError(f"{args.input}: {e}") from None
+    try:
+        save_image(image, args.output)
+    except OSError as e:
+        raise CLIError(f"cannot write {args.output}: {e}") from None
+    print(f"{args.input} -> {args.output}: {f.width}×{f.height} pixels")
+    return 0
+
+
+def _info_command(args) -> int:
+    from icmlib.bitstream import header_size, stream_names
+    from icmlib.codec import fingerprint
+
+    f = _read_icm_for_cli(args.input)
+    zh, zw = f.latent_shape
+    print(f"file               {args.input}")
+    print(f"size               {f.size_bytes()} bytes ({header_size(len(f.streams))} of header)")
+    print(f"image              {f.width}×{f.height} pixels "
+          f"(padded by {f.padding[1]} columns, {f.padding[0]} rows)")
+    print(f"latents            ŷ {4 * zh}×{4 * zw}, ẑ {zh}×{zw}")
+    print(f"format version     {f.version}")
+    print(f"model fingerprint  {f.fingerprint.hex()}")
+    for name, s in zip(stream_names(len(f.streams)), f.streams):
+        print(f"{name:<18} {len(s)} bytes ({8 * len(s) / f.pixels:.4f} bpp)")
+    print(f"bpp                {f.bpp():.4f}   file bytes × 8 / pixels")
+    if args.model:
+        ours = fingerprint(_codec_for_cli(args.model)).hex()
+        verdict = "can decode this file" if ours == f.fingerprint.hex() else \
+            "is a different model: it cannot decode this file"
+        print(f"--model            {ours}: {verdict}")
+    return 0
 
 
 # ---- train-task ------------------------------------------------------------------------
 def _add_train_task_command(sub) -> None:
-    pass  # filled in by the tasks work
+    p = sub.add_parser(
+        "train-task", help="train (or load) the task network for a machine task",
+        description="Train the small task network of a machine task on the preset's "
+                    "synthetic world, or load it from the train-or-load cache, and print its "
+                    "accuracy on the validation images (COCO bbox mAP, segm mAP for Mask "
+                    "R-CNN, mIoU for semantic segmentation). On the gpu preset the detectors "
+                    "are torchvision's COCO-pretrained models: they are loaded, not trained.")
+    p.add_argument("--task", required=True, choices=["detection", "instance", "semantic"],
+                   help="detection: Faster R-CNN; instance: Mask R-CNN; semantic: U-Net")
+    p.add_argument("--preset", default=None,
+                   help="ci, cpu or gpu (default: $ICM_PRESET, else picked from the hardware)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps (default: the preset's task_steps / task_semantic_steps)")
+    p.add_argument("--force", action="store_true",
+                   help="train again even if a checkpoint for this configuration is cached")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train_task_command)
+
+
+def _train_task_command(args) -> int:
+    from icmlib import tasks
+    from icmlib.presets import get_preset
+
+    try:
+        preset = get_preset(args.preset)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if args.steps is not None and args.steps < 1:
+        raise CLIError(f"--steps must be a positive number of training steps, got {args.steps}")
+    try:
+        model = tasks.task_network(args.task, preset, force=args.force, steps=args.steps,
+                                   progress=not args.quiet)
+    except (tasks.PretrainedWeightsUnavailable, FileNotFoundError, FloatingPointError,
+            ValueError) as e:
+        raise CLIError(str(e)) from None
+    info = model.task_info
+    print(f"task: {args.task} ({type(model).__name__}), preset: {preset.name}")
+    if info["pretrained"]:
+        print("weights: torchvision COCO-pretrained (torch hub cache); nothing to train")
+        return 0
+    metrics = info["metrics"]
+    rows = [("bbox mAP@[.5:.95]", "bbox_map"), ("bbox mAP@.5", "bbox_map50"),
+            ("segm mAP@[.5:.95]", "segm_map"), ("segm mAP@.5", "segm_map50"),
+            ("mIoU", "miou"), ("pixel accuracy", "pixel_accuracy")]
+    print("validation accuracy (uncompressed images):")
+    for label, key in rows:
+        if key in metrics:
+            print(f"  {label:<18} {metrics[key]:.3f}")
+    if "train_seconds" in metrics:
+        print(f"training: {metrics['train_seconds']:.0f} s wall "
+              f"({metrics.get('train_cpu_seconds', float('nan')):.0f} s CPU), "
+              f"{metrics.get('steps_per_second', 0):.2f} steps/s")
+    print(f"checkpoint: {info['checkpoint']}")
+    return 0
 
 
 # ---- train -----------------------------------------------------------------------------
 def _add_train_command(sub) -> None:
-    pass  # filled in by the training work
+    p = sub.add_parser(
+        "train", help="train one codec (MSE baseline or ICM for a frozen task network)",
+        description="Train one codec at one rate point. The MSE (human-vision) baseline: "
+                    "'icm train --strategy mse --rate 2'. An ICM codec: 'icm train --task "
+                    "detection --strategy dynamic --rate 2'. Writes checkpoint.pt (resumable), "
+                    "codec.pt (for icm encode/decode), train_log.csv (every loss term and "
+                    "weight, every step) and val_log.csv (real bpp, PSNR, task metric) to --out. "
+                    "Multi-GPU: 'torchrun --nproc_per_node N -m icmlib.cli train ...'.")
+    p.add_argument("--preset", default=None,
+                   help="ci (seconds), cpu (toy world, minutes) or gpu (COCO); default: "
+                        "$ICM_PRESET, else gpu when CUDA is available, else cpu")
+    p.add_argument("--task", default=None, choices=("detection", "instance", "semantic"),
+                   help="the frozen task network an ICM codec serves (Faster R-CNN, Mask R-CNN "
+                        "or U-Net); omit for the MSE baseline")
+    p.add_argument("--strategy", default="mse", choices=("mse", "fixed", "dynamic", "auto"),
+                   help="loss weighting: mse = human-vision baseline (no task); fixed = constant "
+                        "ICM weights; dynamic = the paper's schedule (MSE first, then the task "
+                        "takes over); auto = each distortion term divided by its running size. "
+                        "Default: mse")
+    p.add_argument("--rate", default="0",
+                   help="rate point: an index into the preset's rd_lambdas (0 = lowest rate), "
+                        "or the value λ itself (e.g. 0.0067) in L = R + λ·(255²·MSE + ...). "
+                        "Default: 0")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps (default: the preset's codec_steps for MSE, icm_steps "
+                        "for ICM)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: a folder under $ICM_CACHE/runs named by the "
+                        "configuration)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --out/checkpoint.pt (same settings required): model, "
+                        "optimizers, scheduler, weighting state and random state")
+    p.add_argument("--init-from", default=None, metavar="CODEC.pt",
+                   help="start from this codec checkpoint instead of random weights (e.g. the "
+                        "MSE codec at the same rate, to fine-tune an ICM codec)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from icmlib.presets import get_preset
+    from icmlib.train import TrainingDiverged, resolve_rate, train_codec
+
+    try:
+        preset = get_preset(args.preset)
+        rate, _ = resolve_rate(preset, args.rate)
+        if rate is None:
+            rate = float(args.rate)
+        result = train_codec(preset, task=args.task, strategy=args.strategy, rate_index=rate,
+                             steps=args.steps, out_dir=args.out, resume=args.resume,
+                             progress=not args.no_progress, init_from=args.init_from,
+                             seed=args.seed, command="icm " + " ".join(sys.argv[1:]))
+    except (ValueError, FileNotFoundError, TrainingDiverged) as e:
+        raise CLIError(str(e)) from None
+    from pathlib import Path
+
+    run = Path(result["run_dir"])
+    val = result["logs"]["val"][-1] if result["logs"]["val"] else {}
+    summary = ", ".join(f"{k} {val[k]:.4g}" for k in ("bpp", "bpp_estimate", "psnr", "task_score")
+                        if k in val)
+    print(f"codec: {run / 'codec.pt'}" + (f"  ({summary})" if summary else ""))
+    print(f"logs:  {run / 'train_log.csv'}, {run / 'val_log.csv'}")
+    return 0
 
 
 # ---- evaluate / reproduce --------------------------------------------------------------
 def _add_evaluate_commands(sub) -> None:
-    pass  # filled in by the evaluation work
+    p = sub.add_parser(
+        "evaluate", help="measure codecs on the validation images: bpp, PSNR, task mAP",
+        description="Encode the preset's validation images with each codec to real bytes, "
+                    "decode them, and measure bpp, PSNR, MS-SSIM and the frozen task networks' "
+                    "accuracy (COCO mAP); the uncompressed reference too. Writes a results "
+                    "JSON (schema: icmlib.results) that 'icm evaluate --plot' and the book draw.")
+    p.add_argument("--preset", help="ci, cpu or gpu (default: $ICM_PRESET, else from the hardware)")
+    p.add_argument("--anchor", action="append", default=[], metavar="NAME",
+                   help="a traditional anchor (jpeg, jpeg2000, webp, avif, hevc, av1, vvc); "
+                        "repeatable")
+    p.add_argument("--model", action="append", default=[], metavar="CKPT",
+                   help="a codec checkpoint (icmlib format); repeat it, one per rate point, to "
+                        "make one learned codec's curve")
+    p.add_argument("--name", default="learned", help="name of the learned codec (--model)")
+    p.add_argument("--qualities", nargs="+", type=float, metavar="Q",
+                   help="anchor settings to use (default: each anchor's own list)")
+    p.add_argument("--tasks", nargs="+", default=["detection", "instance"],
+                   choices=["detection", "instance", "semantic"])
+    p.add_argument("--images", type=int, help="evaluate on the first N validation images "
+                                              "(default: preset.eval_images)")
+    p.add_argument("--out", default="results.json",
+                   help="results JSON to write; codecs are added to it if it exists and was "
+                        "made on the same images (default: results.json)")
+    p.add_argument("--plot", action="store_true", help="also write RD figures next to the JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_evaluate)
+
+    r = sub.add_parser(
+        "reproduce", help="the paper's experiment: train/load, evaluate, BD-rate table, figures",
+        description="Train (or load) the task networks, the MSE baseline and the ICM codecs "
+                    "(fixed and dynamic loss weighting) at every rate point, evaluate them and "
+                    "every available anchor, and write results.json, RD figures, the BD-rate "
+                    "table (markdown + csv), the loss-weighting comparison and summary.md. "
+                    "Resumable: a second run reuses everything the first trained and evaluated.")
+    r.add_argument("--preset", help="ci, cpu or gpu (default: $ICM_PRESET, else from the hardware)")
+    r.add_argument("--out", help="output folder (default: data/results/<preset>/)")
+    r.add_argument("--force-evaluation", action="store_true",
+                   help="evaluate again even when a cached evaluation exists")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=_cmd_reproduce)
+
+
+def _cmd_evaluate(args) -> int:
+    import sys as _sys
+    from pathlib import Path
+
+    from icmlib.presets import get_preset
+    try:
+        preset = get_preset(args.preset)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if not args.anchor and not args.model:
+        raise CLIError("nothing to evaluate: give --anchor NAME and/or --model CKPT")
+    if args.images is not None and args.images < 1:
+        raise CLIError(f"--images must be at least 1, got {args.images}")
+    from icmlib.anchors import LearnedCodec, make_anchor
+    from icmlib.codec import load_codec
+    from icmlib.data import dataset_for
+    from icmlib.evaluate import (EvaluationError, dataset_info, evaluate_codec,
+                                 reference_accuracy, subset, task_networks)
+    from icmlib.results import ResultsError, load_results, new_results, save_results
+
+    codecs = []
+    for name in args.anchor:
+        try:
+            anchor = make_anchor(name)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        ok, why = anchor.available()
+        if not ok:
+            print(f"icm evaluate: skipping anchor {name}: {why}", file=_sys.stderr)
+            continue
+        settings = list(anchor.qualities)
+        if args.qualities:
+            settings = [int(q) if float(q).is_integer() and isinstance(settings[0], int) else q
+                        for q in args.qualities]
+        codecs.append((anchor, settings, "anchor"))
+    if args.model:
+        nets = []
+        for path in args.model:
+            try:
+                nets.append(load_codec(path))
+            except (FileNotFoundError, ValueError) as e:
+                raise CLIError(str(e)) from None
+        learned = LearnedCodec(nets, args.name)
+        codecs.append((learned, list(learned.qualities), "learned"))
+    if not codecs:
+        raise CLIError("none of the requested codecs can run here (see the messages above)")
+    progress = not args.quiet
+    dataset = subset(dataset_for(preset, split="val"), args.images or preset.eval_images)
+    out = Path(args.out)
+    results = None
+    if out.exists():
+        try:
+            results = load_results(out)
+        except ResultsError as e:
+            raise CLIError(f"{out} exists but is not a results file ({e}); choose another --out")
+        if results["dataset"].get("image_ids") != dataset_info(dataset)["image_ids"] or \
+                results["dataset"].get("annotations") != str(dataset.ann_file):
+            raise CLIError(f"{out} was measured on other images; choose another --out")
+    try:
+        networks = task_networks(args.tasks, preset)
+        if results is None:
+            reference = reference_accuracy(args.tasks, dataset, preset=preset, networks=networks)
+            results = new_results(preset=preset, dataset=dataset_info(dataset), tasks=args.tasks,
+                                  reference=reference,
+                                  command=_evaluate_command(args, preset))
+        for codec, settings, kind in codecs:
+            entry = evaluate_codec(codec, settings, dataset, args.tasks, preset=preset,
+                                   networks=networks, progress=progress, kind=kind,
+                                   group="traditional" if kind == "anchor" else "learned")
+            results["codecs"] = [c for c in results["codecs"] if c["name"] != entry["name"]]
+            results["codecs"].append(entry)
+            for p in entry["points"]:
+                accs = ", ".join(f"{k}={p[k]:.4f}" for k in
+                                 ("bbox_map", "segm_map", "miou") if p.get(k) is not None)
+                psnr = f"{p['psnr']:.2f} dB" if p.get("psnr") is not None else "n/a"
+                print(f"{entry['name']:>12} @ {p['setting']!s:>6}: {p['bpp']:.4f} bpp, "
+                      f"PSNR {psnr}, {accs}")
+    except (EvaluationError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    save_results(results, out)
+    print(f"wrote {out}")
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from icmlib import plots
+        from icmlib.results import TASK_METRIC
+        for metric in [TASK_METRIC[t] for t in args.tasks] + ["psnr"]:
+            fig, ax = plt.subplots(figsize=(7, 4.8))
+            plots.plot_rd_curves(results, metric, ax=ax, reference=metric != "psnr")
+            fig.tight_layout()
+            png = out.with_name(f"{out.stem}_{metric}.png")
+            fig.savefig(png, dpi=120)
+            plt.close(fig)
+            print(f"wrote {png}")
+    return 0
+
+
+def _evaluate_command(args, preset) -> str:
+    """The ``icm evaluate`` command line that reproduces this evaluation."""
+    parts = ["icm evaluate", f"--preset {preset.name}"]
+    parts += [f"--anchor {a}" for a in args.anchor] + [f"--model {m}" for m in args.model]
+    if args.model:
+        parts.append(f"--name {args.name!r}")
+    if args.qualities:
+        parts.append("--qualities " + " ".join(f"{q:g}" for q in args.qualities))
+    parts.append("--tasks " + " ".join(args.tasks))
+    if args.images:
+        parts.append(f"--images {args.images}")
+    parts.append(f"--out {args.out}")
+    return " ".join(parts)
+
+
+def _cmd_reproduce(args) -> int:
+    from icmlib.presets import get_preset
+    try:
+        preset = get_preset(args.preset)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    from icmlib.reproduce import ReproductionError, reproduce
+
+    command = f"icm reproduce --preset {preset.name}" + (f" --out {args.out}" if args.out else "")
+    try:
+        reproduce(preset, args.out, progress=not args.quiet, command=command,
+                  force_evaluation=args.force_evaluation)
+    except ReproductionError as e:
+        raise CLIError(str(e)) from None
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
