@@ -21,7 +21,10 @@ RD_STYLES = {
 def _rd_style(codec):
     group = codec.get("group", "traditional")
     if group == "icm":
-        return dict(RD_STYLES.get(f"icm-{codec.get('strategy')}", RD_STYLES["icm-dynamic"]))
+        style = dict(RD_STYLES.get(f"icm-{codec.get('strategy')}", RD_STYLES["icm-dynamic"]))
+        if codec.get("task") == "instance":  # tell the two tasks' codecs apart on one plot
+            style.update(linestyle="-.", markerfacecolor="white")
+        return style
     return dict(RD_STYLES.get(group, RD_STYLES["traditional"]))
 
 

@@ -1,0 +1,636 @@
+"""Reproduce the paper's results with the project's own code: ``icm reproduce --preset P``.
+
+One call trains (or loads) everything and measures it:
+
+1. **task networks** — Faster R-CNN (detection) and Mask R-CNN (instance segmentation),
+   through ``icmlib.tasks.task_network`` (train-or-load; COCO-pretrained on ``gpu``);
+2. **codecs**, one per rate point λ of ``preset.rd_lambdas``:
+
+   * the **MSE baseline** (the human-vision codec: same network, ``w_task = 0``);
+   * **ICM** codecs for each task and each weighting strategy of
+     ``preset.repro_strategies`` (fixed weights, the paper's dynamic strategy);
+
+3. **anchors** — every traditional codec of :mod:`icmlib.anchors` that can run here
+   (a missing tool is skipped with its install hint);
+4. **evaluation** of every codec on the same validation images
+   (:func:`icmlib.evaluate.evaluate_codec`: bpp from real bytes, PSNR, MS-SSIM, COCO mAP),
+   and of the uncompressed originals;
+
+and writes, under ``--out`` (default ``data/results/<preset>/``):
+
+==========================  ===============================================================
+``results.json``            everything measured, with command, commit, hardware, date
+                            (schema in :mod:`icmlib.results`)
+``rd_detection.png``        detection mAP against bpp, uncompressed as a horizontal line
+``rd_instance.png``         instance-segmentation mask mAP against bpp
+``rd_psnr.png``             PSNR against bpp
+``weighting_<task>.png``    the loss-weighting comparison (accuracy and rate over training,
+                            weights, final RD points per strategy)
+``bd_rate.md``, ``.csv``    the BD-rate table in the paper's form
+``summary.md``              headline numbers, better-than-uncompressed points, timings
+==========================  ===============================================================
+
+Budget: how the codecs are trained
+----------------------------------
+Training 4 MSE codecs and 16 ICM codecs from scratch would take hours on a CPU. As is
+common practice (and as the paper's ICM codecs also start from a codec that can already
+reconstruct), the reproduction **fine-tunes**:
+
+* the MSE codec at rate point ``preset.repro_base_rate`` is trained from scratch for
+  ``repro_mse_steps`` steps;
+* the MSE codecs at the other rate points start from it and are fine-tuned for
+  ``repro_finetune_steps`` steps at their own λ;
+* every ICM codec starts from the MSE codec of its rate point and is fine-tuned for
+  ``repro_icm_steps`` steps with the task loss and its weighting strategy.
+
+``repro_base_rate = -1`` (the ``gpu`` preset) trains every MSE codec from scratch
+instead. Every codec is a train-or-load step keyed by its whole configuration (its
+parent's included), and every evaluation is cached keyed by the codec's weights, the
+settings, the images and the task networks — so a second run, or a run after an
+interruption, redoes nothing that is done (an interrupted training resumes from its
+last checkpoint).
+
+The ``cpu`` budget (2 cores): see :data:`CPU_BUDGET` and the evaluation chapter.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from icmlib.presets import Preset, get_preset
+
+#: bump when the reproduction's training recipe changes (retrains the codecs)
+REPRO_VERSION = "1"
+
+REPRO_TASKS = ("detection", "instance")
+
+#: How the ``cpu`` preset's budget of about 45 minutes on 2 cores is spent. Step costs are
+#: the training benchmark's (``data/benchmarks/train_cpu.md``: 1-thread CPU seconds per
+#: step, MSE codec 0.35 s, codec + detection 0.74 s, codec + instance 0.66 s), taken as
+#: ~1.5x faster on 2 threads; a task network's prediction costs ~0.07 CPU s per image.
+#: The real times of a run are in its ``summary.md`` and ``results.json``
+#: (``extra.timings``). Task networks are shared with the rest of the book (train-or-load),
+#: so after chapter 7 they cost nothing here.
+CPU_BUDGET = """\
+task networks (2, train-or-load, shared with chapter 7)         0 if cached (else ~2 x 10+ min)
+MSE base codec: 1500 steps from scratch at rate point 1            ~6 min
+3 MSE codecs fine-tuned to their λ from it, 300 steps each         ~4 min
+16 ICM codecs (2 tasks x 2 strategies x 4 rates), 150 steps each   ~20 min (from the MSE codec
+  of their rate; 3 validations on 16 images each)
+evaluation on 32 val images: 20 learned points (+ reference),      ~8 min
+  6 anchors x 6 settings, each on both task networks
+total (task networks cached)                                       ~38 min
+"""
+
+
+class ReproductionError(RuntimeError):
+    """A reproduction step that cannot run (what is wrong and what to do)."""
+
+
+# ---- naming ---------------------------------------------------------------------------
+def mse_name() -> str:
+    return "MSE baseline"
+
+
+def icm_name(task: str, strategy: str) -> str:
+    return f"ICM {strategy} ({task})"
+
+
+# ---- training the codecs ------------------------------------------------------------------
+def _codec_cfg(preset: Preset, task: Optional[str], strategy: str, rate_index: int,
+               steps: int, parent: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    from icmlib.cache import config_key
+    from icmlib.train import codec_config
+
+    cfg = codec_config(preset, task, strategy, rate_index, steps)
+    cfg["init_from"] = None if parent is None else config_key(parent)
+    cfg["repro"] = REPRO_VERSION
+    return cfg
+
+
+def _train_or_load_codec(preset: Preset, task: Optional[str], strategy: str, rate_index: int,
+                         steps: int, parent: Optional[Tuple[Dict, Dict]], progress: bool
+                         ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(config, checkpoint dict with logs) of one codec of the reproduction."""
+    from icmlib.cache import cache_dir, config_key, train_or_load
+    from icmlib.train import train_codec
+
+    parent_cfg, parent_ckpt = parent if parent is not None else (None, None)
+    cfg = _codec_cfg(preset, task, strategy, rate_index, steps, parent_cfg)
+    # ICM runs validate every repro_val_every steps (the weighting comparison's curves);
+    # MSE runs only at their end (their curve over training is not part of the results)
+    val_every = steps if task is None else max(1, min(preset.repro_val_every, steps))
+    run_preset = preset.replace(val_every=val_every)
+
+    def train():
+        init = None
+        if parent_ckpt is not None:
+            init = {k: parent_ckpt[k] for k in ("format", "config", "state_dict", "meta")}
+        return train_codec(run_preset, task, strategy, rate_index, steps=steps,
+                           out_dir=cache_dir("runs", "repro", config_key(cfg)), resume=True,
+                           progress=progress, init_from=init,
+                           command=f"icm reproduce --preset {preset.name}")
+
+    return cfg, train_or_load("repro-codec", cfg, train, verbose=progress)
+
+
+def train_codecs(preset: Union[Preset, str, None] = None, tasks: Sequence[str] = REPRO_TASKS,
+                 strategies: Optional[Sequence[str]] = None, progress: bool = True
+                 ) -> Dict[str, Dict[int, Dict[str, Any]]]:
+    """Train (or load) every codec of the reproduction.
+
+    Returns ``{codec name: {rate index: checkpoint dict}}`` for the MSE baseline and each
+    (task, strategy) ICM codec; each checkpoint dict has ``logs`` and ``meta``.
+    """
+    preset = get_preset(preset)
+    strategies = list(strategies if strategies is not None else preset.repro_strategies)
+    n_rates = len(preset.rd_lambdas)
+    base = preset.repro_base_rate
+    if base >= n_rates:
+        raise ReproductionError(f"repro_base_rate={base} but preset {preset.name!r} has "
+                                f"{n_rates} rate points")
+    out: Dict[str, Dict[int, Dict[str, Any]]] = {mse_name(): {}}
+    mse: Dict[int, Tuple[Dict, Dict]] = {}
+    if base >= 0:
+        mse[base] = _train_or_load_codec(preset, None, "mse", base, preset.repro_mse_steps,
+                                         None, progress)
+        for r in range(n_rates):
+            if r != base:
+                mse[r] = _train_or_load_codec(preset, None, "mse", r,
+                                              preset.repro_finetune_steps, mse[base], progress)
+    else:
+        for r in range(n_rates):
+            mse[r] = _train_or_load_codec(preset, None, "mse", r, preset.repro_mse_steps,
+                                          None, progress)
+    out[mse_name()] = {r: mse[r][1] for r in range(n_rates)}
+    for task in tasks:
+        for strategy in strategies:
+            out[icm_name(task, strategy)] = {
+                r: _train_or_load_codec(preset, task, strategy, r, preset.repro_icm_steps,
+                                        mse[r], progress)[1]
+                for r in range(n_rates)}
+    return out
+
+
+def _downsample(rows: List[Dict[str, float]], keep: int = 200) -> List[Dict[str, float]]:
+    if len(rows) <= keep:
+        return rows
+    idx = np.unique(np.linspace(0, len(rows) - 1, keep).round().astype(int))
+    return [rows[i] for i in idx]
+
+
+def training_logs(codecs: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, Any]]:
+    """Per ICM run: its validation log (bpp, PSNR, task score over steps) and a thinned
+    training log (loss terms and weights over steps), for the weighting comparison."""
+    keep_train = ("step", "loss", "rate", "mse", "task", "w_rate", "w_mse", "w_task", "psnr")
+    runs = []
+    for name, by_rate in codecs.items():
+        for r, ckpt in sorted(by_rate.items()):
+            meta = ckpt.get("meta", {})
+            logs = ckpt.get("logs", {})
+            runs.append({
+                "codec": name, "task": meta.get("task"), "strategy": meta.get("strategy"),
+                "rate_index": r, "lambda": meta.get("rate"), "steps": meta.get("steps"),
+                "weighting": meta.get("weighting"),
+                "val": [{k: v for k, v in row.items()} for row in logs.get("val", [])],
+                "train": _downsample([{k: row.get(k) for k in keep_train if k in row}
+                                      for row in logs.get("train", [])]),
+            })
+    return runs
+
+
+# ---- anchors ---------------------------------------------------------------------------------
+def spread(settings: Sequence[Any], n: int) -> List[Any]:
+    """``n`` settings spread evenly over ``settings`` (all of them when ``n`` is 0)."""
+    settings = list(settings)
+    if n <= 0 or n >= len(settings):
+        return settings
+    idx = np.unique(np.linspace(0, len(settings) - 1, n).round().astype(int))
+    return [settings[i] for i in idx]
+
+
+def anchors_for(preset: Preset) -> Tuple[list, Dict[str, str]]:
+    """The anchors the preset asks for that can run here, and why the others cannot."""
+    from icmlib.anchors import ANCHORS, make_anchor
+
+    names = list(preset.repro_anchors) or list(ANCHORS)
+    available, skipped = [], {}
+    for name in names:
+        codec = make_anchor(name)
+        ok, why = codec.available()
+        if ok:
+            available.append(codec)
+        else:
+            skipped[name] = why
+            print(f"[icmlib] skipping anchor {name}: {why}")
+    return available, skipped
+
+
+# ---- the whole thing -------------------------------------------------------------------------
+def reproduce(preset: Union[Preset, str, None] = None, out: Union[str, Path, None] = None, *,
+              progress: bool = True, command: Optional[str] = None,
+              force_evaluation: bool = False) -> Dict[str, Any]:
+    """Train or load, evaluate, and write the reproduction's outputs (see module docstring).
+
+    Returns the results dict (also written to ``<out>/results.json``).
+    """
+    import torch
+
+    from icmlib.anchors import AnchorUnavailable, LearnedCodec
+    from icmlib.codec import fingerprint, load_codec
+    from icmlib.data import dataset_for
+    from icmlib.evaluate import (cached_evaluation, dataset_info, evaluate_codec,
+                                 evaluation_key, reference_accuracy, subset, task_networks)
+    from icmlib.results import new_results, save_results
+
+    preset = get_preset(preset)
+    out = Path(out) if out is not None else Path("data") / "results" / preset.name
+    out.mkdir(parents=True, exist_ok=True)
+    command = command or f"icmlib.reproduce.reproduce({preset.name!r}, out={str(out)!r})"
+    timings: Dict[str, float] = {}
+    t_start = time.time()
+    torch.set_num_threads(min(torch.get_num_threads(), 2) if preset.device == "cpu"
+                          else torch.get_num_threads())
+
+    # 1. task networks ---------------------------------------------------------------------
+    t0 = time.time()
+    networks = task_networks(REPRO_TASKS, preset)
+    timings["task_networks_s"] = time.time() - t0
+
+    # 2. codecs -----------------------------------------------------------------------------
+    t0 = time.time()
+    ckpts = train_codecs(preset, REPRO_TASKS, progress=progress)
+    timings["codec_training_s"] = time.time() - t0
+
+    # 3. evaluation -------------------------------------------------------------------------
+    t0 = time.time()
+    dataset = subset(dataset_for(preset, split="val"), preset.repro_eval_images)
+    ref_key = evaluation_key({"reference": True}, dataset, networks, [])
+    reference = cached_evaluation(ref_key, lambda: reference_accuracy(
+        REPRO_TASKS, dataset, preset=preset, networks=networks), force=force_evaluation)
+    entries = []
+    for name, by_rate in ckpts.items():
+        rates = sorted(by_rate)
+        nets = [load_codec(by_rate[r]) for r in rates]
+        codec = LearnedCodec(nets, name)
+        meta = by_rate[rates[0]].get("meta", {})
+        task, strategy = meta.get("task"), meta.get("strategy")
+        tasks = REPRO_TASKS if task is None else (task,)
+        group = "mse" if task is None else "icm"
+        identity = {"learned": name, "nets": [fingerprint(n).hex() for n in nets]}
+        key = evaluation_key(identity, dataset, {t: networks[t] for t in tasks}, rates)
+        info = {"lambdas": [float(preset.rd_lambdas[r]) for r in rates],
+                "steps": [by_rate[r].get("meta", {}).get("steps") for r in rates]}
+        entry = cached_evaluation(key, lambda: evaluate_codec(
+            codec, rates, dataset, tasks, preset=preset, networks=networks, progress=progress,
+            kind="learned", group=group, task=task, strategy=strategy, **info),
+            force=force_evaluation)
+        entries.append(entry)
+    anchors, skipped = anchors_for(preset)
+    for anchor in anchors:
+        settings = spread(anchor.qualities, preset.repro_anchor_points)
+        identity = {"anchor": anchor.name, "tool": anchor.available()[1],
+                    "class": type(anchor).__name__}
+        key = evaluation_key(identity, dataset, networks, settings)
+        try:
+            entries.append(cached_evaluation(key, lambda: evaluate_codec(
+                anchor, settings, dataset, REPRO_TASKS, preset=preset, networks=networks,
+                progress=progress, kind="anchor", group="traditional",
+                quality_label=getattr(anchor, "quality_label", "quality")),
+                force=force_evaluation))
+        except (AnchorUnavailable, RuntimeError, OSError) as err:
+            # an external tool that is installed but fails: report it, keep the others
+            skipped[anchor.name] = f"failed while encoding: {err}"
+            print(f"[icmlib] skipping anchor {anchor.name}: {err}")
+    timings["evaluation_s"] = time.time() - t0
+
+    # 4. results ------------------------------------------------------------------------------
+    results = new_results(preset=preset, dataset=dataset_info(dataset), tasks=REPRO_TASKS,
+                          reference=reference, command=command, codecs=entries)
+    results["extra"]["training"] = training_logs({n: c for n, c in ckpts.items()
+                                                  if n != mse_name()})
+    results["extra"]["skipped_anchors"] = skipped
+    results["extra"]["budget"] = {k: getattr(preset, k) for k in preset.to_dict()
+                                  if k.startswith("repro_") or k in ("rd_lambdas",)}
+    results["extra"]["bd_rate"] = bd_details(results)
+    summary = summarize(results)
+    results["extra"]["summary"] = summary
+    timings["total_s"] = time.time() - t_start
+    results["extra"]["timings"] = timings
+    save_results(results, out / "results.json")
+    write_outputs(results, out)
+    if progress:
+        print((out / "summary.md").read_text())
+    return results
+
+
+# ---- tables and summary ----------------------------------------------------------------------
+def paper_table(results: Dict[str, Any], as_text: bool = True, method: str = "pchip"):
+    """The BD-rate table in the paper's form: rows = (task, codec) — the ICM codecs and
+    the MSE baseline of each task — columns = anchors (traditional codecs and the MSE
+    baseline); detection on bbox mAP, instance segmentation on mask (segm) mAP."""
+    import pandas as pd
+
+    from icmlib.evaluate import bd_rate_table
+    from icmlib.results import TASK_METRIC
+
+    codecs = results["codecs"]
+    anchors = [c["name"] for c in codecs if c["kind"] == "anchor"] + \
+              [c["name"] for c in codecs if c.get("group") == "mse"]
+    frames = []
+    for task in results.get("tasks", REPRO_TASKS):
+        metric = TASK_METRIC[task]
+        tests = [c["name"] for c in codecs if c.get("group") == "mse"] + \
+                [c["name"] for c in codecs if c.get("group") == "icm" and c.get("task") == task]
+        if not tests:
+            continue
+        df = bd_rate_table(results, anchors=anchors, metric=metric, tests=tests,
+                           method=method, as_text=as_text)
+        if as_text:
+            df = df.fillna("")
+            for t in tests:
+                if t in df.columns:
+                    df.loc[t, t] = "—"
+        df.index = pd.MultiIndex.from_tuples([(task, i) for i in df.index],
+                                             names=["task (metric)", "codec"])
+        frames.append(df)
+    return pd.concat(frames) if frames else pd.DataFrame()
+
+
+def bd_details(results: Dict[str, Any], method: str = "pchip") -> List[Dict[str, Any]]:
+    """Every (test, anchor) pair of :func:`paper_table` with its number or its full error
+    message and warnings (dropped non-monotonic points...), for the results file."""
+    from icmlib.evaluate import bd_rate_details
+    from icmlib.results import TASK_METRIC
+
+    codecs = results["codecs"]
+    anchors = [c["name"] for c in codecs if c["kind"] == "anchor" or c.get("group") == "mse"]
+    rows = []
+    for task in results.get("tasks", REPRO_TASKS):
+        tests = [c["name"] for c in codecs if c.get("group") == "mse" or
+                 (c.get("group") == "icm" and c.get("task") == task)]
+        for row in bd_rate_details(results, anchors, TASK_METRIC[task], tests, method=method):
+            rows.append({"task": task, **row})
+    return rows
+
+
+def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
+    """Headline numbers: per task, the best ICM codec's BD-rate against the best
+    traditional anchor and against the MSE baseline, and the points where decoded images
+    beat the uncompressed originals."""
+    from icmlib.evaluate import better_than_reference, bd_rate_table
+    from icmlib.results import TASK_METRIC
+
+    codecs = results["codecs"]
+    trad = [c["name"] for c in codecs if c["kind"] == "anchor"]
+    mse = [c["name"] for c in codecs if c.get("group") == "mse"]
+    out: Dict[str, Any] = {"tasks": {}}
+    for task in results.get("tasks", REPRO_TASKS):
+        metric = TASK_METRIC[task]
+        icm = [c["name"] for c in codecs if c.get("group") == "icm" and c.get("task") == task]
+        if not icm:
+            continue
+        num = bd_rate_table(results, anchors=trad + mse, metric=metric, tests=icm,
+                            as_text=False)
+        txt = bd_rate_table(results, anchors=trad + mse, metric=metric, tests=icm,
+                            as_text=True)
+        per = {}
+        for t in icm:
+            row = num.loc[t]
+            trad_vals = {a: float(row[a]) for a in trad if np.isfinite(row[a])}
+            # the "best" anchor is the one the ICM codec saves least against
+            best_anchor = max(trad_vals, key=trad_vals.get) if trad_vals else None
+            per[t] = {
+                "vs_best_traditional": (best_anchor, trad_vals.get(best_anchor)) if best_anchor
+                else (None, None),
+                "vs_mse": {m: (float(row[m]) if np.isfinite(row[m]) else txt.loc[t, m])
+                           for m in mse},
+                "all": {a: txt.loc[t, a] for a in trad + mse},
+            }
+        better = better_than_reference({"reference": results["reference"],
+                                        "codecs": [c for c in codecs if c["name"] in icm + mse + trad]},
+                                       metric)
+        out["tasks"][task] = {"metric": metric, "reference": results["reference"].get(metric),
+                              "icm": per, "better_than_uncompressed": better}
+    return out
+
+
+def summary_markdown(results: Dict[str, Any]) -> str:
+    """``summary.md``: provenance, headline BD-rates, better-than-uncompressed, timings."""
+    from icmlib.evaluate import dataframe_to_markdown
+    from icmlib.results import describe_device
+
+    s = results["extra"].get("summary") or summarize(results)
+    lines = [f"# Reproduction: preset `{results['preset'].get('name')}`", "",
+             f"- command: `{results['command']}`",
+             f"- commit: `{results['commit']}`",
+             f"- device: {describe_device(results['device'])}",
+             f"- date: {results['created']}, icmlib {results['icmlib_version']}",
+             f"- dataset: {results['dataset'].get('name')} / {results['dataset'].get('split')}, "
+             f"{results['dataset'].get('num_images')} images; bpp = {results['bpp_averaging']}",
+             ""]
+    skipped = results["extra"].get("skipped_anchors") or {}
+    if skipped:
+        lines += ["Skipped anchors:", ""] + [f"- {k}: {v}" for k, v in skipped.items()] + [""]
+    lines += ["## BD-rate (PCHIP; negative = fewer bits for the same task accuracy)", "",
+              dataframe_to_markdown(_flat(paper_table(results))), "",
+              "Paper (Le et al. 2021, vs VVC): detection −37.87 %, instance segmentation "
+              "−32.90 %.", ""]
+    for task, t in s["tasks"].items():
+        lines.append(f"## {task} ({t['metric']}; uncompressed: {_fmt(t['reference'])})")
+        lines.append("")
+        for name, v in t["icm"].items():
+            anchor, value = v["vs_best_traditional"]
+            vs_trad = (f"{value:+.1f} % vs {anchor} (the traditional anchor it saves least "
+                       f"against)" if anchor else "no BD-rate against any traditional anchor "
+                       "(see the table for why)")
+            vs_mse = ", ".join(f"{(f'{x:+.1f} %' if isinstance(x, float) else x)} vs {m}"
+                               for m, x in v["vs_mse"].items())
+            lines.append(f"- {name}: {vs_trad}; {vs_mse}")
+        better = t["better_than_uncompressed"]
+        if better:
+            lines.append(f"- decoded images beat the uncompressed originals at "
+                         f"{len(better)} point(s):")
+            for b in better:
+                lines.append(f"  - {b['codec']} at setting {b['setting']} "
+                             f"({b['bpp']:.3f} bpp): {b['value']:.4f} > {b['reference']:.4f}")
+        else:
+            lines.append("- no codec point gives higher accuracy than the uncompressed "
+                         "originals")
+        lines.append("")
+    timings = results["extra"].get("timings", {})
+    if timings:
+        lines += ["## Run time", ""] + [f"- {k}: {v / 60:.1f} min" for k, v in timings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _flat(df):
+    """A (task, codec) MultiIndex flattened to "task: codec" for markdown and CSV."""
+    if df.empty:
+        return df
+    df = df.copy()
+    df.index = [f"{t}: {c}" for t, c in df.index]
+    df.index.name = "codec (task)"
+    return df
+
+
+def write_outputs(results: Dict[str, Any], out: Union[str, Path]) -> Dict[str, Path]:
+    """Figures, tables and summary of a results dict into ``out`` (from the file alone)."""
+    # Figure objects, not pyplot: writing files must not change the caller's backend or
+    # leave figures open (a notebook calling this still shows its own figures inline)
+    from matplotlib.figure import Figure
+
+    def subplots(ncols=1, figsize=(7, 4.8)):
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(1, ncols)
+
+    from icmlib import plots
+    from icmlib.evaluate import dataframe_to_markdown
+    from icmlib.results import TASK_METRIC
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: Dict[str, Path] = {}
+    for task in results.get("tasks", REPRO_TASKS):
+        fig, ax = subplots()
+        plots.plot_rd_curves(results, TASK_METRIC[task], ax=ax, task=task)
+        fig.tight_layout()
+        files[f"rd_{task}"] = out / f"rd_{task}.png"
+        fig.savefig(files[f"rd_{task}"], dpi=120)
+        if any(r.get("task") == task for r in results["extra"].get("training", [])):
+            fig, axes = subplots(4, figsize=(18, 4))
+            plots.plot_weighting_comparison(results, task, axes=axes)
+            fig.tight_layout()
+            files[f"weighting_{task}"] = out / f"weighting_{task}.png"
+            fig.savefig(files[f"weighting_{task}"], dpi=110)
+    fig, ax = subplots()
+    plots.plot_rd_curves(results, "psnr", ax=ax, reference=False)
+    fig.tight_layout()
+    files["rd_psnr"] = out / "rd_psnr.png"
+    fig.savefig(files["rd_psnr"], dpi=120)
+    table = _flat(paper_table(results))
+    files["bd_rate_md"] = out / "bd_rate.md"
+    files["bd_rate_md"].write_text(dataframe_to_markdown(table))
+    files["bd_rate_csv"] = out / "bd_rate.csv"
+    table.to_csv(files["bd_rate_csv"])
+    files["summary"] = out / "summary.md"
+    files["summary"].write_text(summary_markdown(results))
+    return files
+
+
+# ---- for the book -------------------------------------------------------------------------
+def find_results(preset_name: str = "cpu", start: Union[str, Path, None] = None) -> Optional[Path]:
+    """``data/results/<preset_name>/results.json`` in the current folder or one of its
+    parents (the book's notebooks run in ``book/``), or ``None``."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in [here, *here.parents]:
+        candidate = folder / "data" / "results" / preset_name / "results.json"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def book_results(preset_name: str = "cpu", fallback: Union[Preset, str] = "ci",
+                 out: Union[str, Path, None] = None, progress: bool = False
+                 ) -> Tuple[Dict[str, Any], str]:
+    """The results the evaluation chapter shows, and a sentence saying where they come from.
+
+    The committed ``data/results/<preset_name>/results.json`` when it exists; otherwise a
+    live reproduction at the ``fallback`` preset's scale (train-or-load, so fast when the
+    cache holds it) into ``out`` (default: a temporary folder).
+    """
+    import tempfile
+
+    from icmlib.results import describe_device, load_results
+
+    path = find_results(preset_name)
+    if path is not None:
+        results = load_results(path)
+        source = (f"loaded from {path.relative_to(path.parents[3]) if len(path.parents) > 3 else path}"
+                  f", produced by `{results['command']}` at commit {results['commit'][:12]} on "
+                  f"{describe_device(results['device'])}, {results['created']}")
+        return results, source
+    fallback = get_preset(fallback)
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="icm-repro-"))
+    results = reproduce(fallback, out, progress=progress,
+                        command=f"icmlib.reproduce.book_results(fallback={fallback.name!r})")
+    source = (f"no data/results/{preset_name}/results.json here, so this is a LIVE run at the "
+              f"`{fallback.name}` preset's scale (tiny: {results['dataset']['num_images']} "
+              f"images, a few training steps) on {describe_device(results['device'])} — "
+              f"its numbers show the pipeline working, not the paper's result")
+    return results, source
+
+
+#: The paper's BD-rates (Le et al., ICASSP 2021, Table 1: ICM codec vs VVC)
+PAPER_BD_RATE = {"detection": -37.87, "instance": -32.90}
+
+
+def headline_table(results: Dict[str, Any]):
+    """Per task: the paper's BD-rate against VVC next to ours — the best ICM codec against
+    the strongest traditional anchor available here and against the MSE baseline."""
+    import pandas as pd
+
+    s = results["extra"].get("summary") or summarize(results)
+    rows = []
+    for task, t in s["tasks"].items():
+        best = None
+        for name, v in t["icm"].items():
+            anchor, value = v["vs_best_traditional"]
+            if value is not None and (best is None or value < best[2]):
+                best = (name, anchor, value, v["vs_mse"])
+        if best is None:
+            rows.append({"task": task, "paper (vs VVC)": f"{PAPER_BD_RATE.get(task, float('nan')):+.2f} %",
+                         "ours: codec": "—", "ours: vs strongest traditional anchor": "n/a",
+                         "ours: vs MSE baseline": "n/a"})
+            continue
+        name, anchor, value, vs_mse = best
+        mse = "; ".join(f"{x:+.1f} %" if isinstance(x, float) else str(x) for x in vs_mse.values())
+        rows.append({"task": task, "paper (vs VVC)": f"{PAPER_BD_RATE.get(task, float('nan')):+.2f} %",
+                     "ours: codec": name,
+                     "ours: vs strongest traditional anchor": f"{value:+.1f} % ({anchor})",
+                     "ours: vs MSE baseline": mse})
+    return pd.DataFrame(rows).set_index("task")
+
+
+def illustration_pair(results: Dict[str, Any], metric: str = "psnr",
+                      test: Optional[str] = None, min_overlap: float = 0.2):
+    """A pair of curves to draw the Bjøntegaard delta with: ``test`` (default the MSE
+    baseline) and the anchor whose ``metric`` range overlaps it most; when no anchor
+    overlaps it by ``min_overlap`` (a tiny, barely trained run), the two anchors that
+    overlap each other most.
+
+    Returns ``(anchor_name, anchor_points, test_name, test_points)``, points as
+    ``[(bpp, quality), ...]``; the anchor is ``None`` when nothing overlaps at all.
+    """
+    from icmlib.bdrate import overlap
+    from icmlib.results import curve, find_codec
+
+    def points(codec):
+        return list(zip(*curve(codec, metric)))
+
+    def frac(a, b):
+        qa, qb = [q for _, q in a], [q for _, q in b]
+        return overlap((min(qa), max(qa)), (min(qb), max(qb)))[2]
+
+    anchors = [(c["name"], points(c)) for c in results["codecs"] if c["kind"] == "anchor"]
+    anchors = [(n, p) for n, p in anchors if len(p) >= 4]
+    test = test or mse_name()
+    t_pts = points(find_codec(results, test))
+    pairs = [(frac(p, t_pts), n, p, test, t_pts) for n, p in anchors if len(t_pts) >= 2]
+    best = max(pairs, default=None, key=lambda x: x[0])
+    if best is None or best[0] < min_overlap:
+        others = [(frac(pa, pb), na, pa, nb, pb) for i, (na, pa) in enumerate(anchors)
+                  for nb, pb in anchors[i + 1:]]
+        alt = max(others, default=None, key=lambda x: x[0])
+        if alt is not None and (best is None or alt[0] > best[0]):
+            best = alt
+    if best is None or best[0] <= 0:
+        return None, [], test, t_pts
+    return best[1], best[2], best[3], best[4]

@@ -1,0 +1,267 @@
+"""Evaluation: the results schema, real-byte bpp, task accuracy, plots and BD-rate tables
+from a saved results file, and the ``icm evaluate`` command.
+
+Task networks here are the ci architectures with *untrained* weights (built, not
+trained), so the test is fast and needs no cache; the trained ones are exercised end to
+end by tests/test_reproduce.py.
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from icmlib import evaluate as ev
+from icmlib import results as res
+from icmlib.anchors import JPEG, LearnedCodec
+from icmlib.codec import ICMCodec
+from icmlib.presets import get_preset
+
+PRESET = get_preset("ci")
+
+
+@pytest.fixture(scope="module")
+def networks():
+    from icmlib.tasks import build_task_network, freeze_batchnorm
+
+    torch.manual_seed(0)
+    nets = {}
+    for task in ("detection", "instance"):
+        net = freeze_batchnorm(build_task_network(task, PRESET)).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        nets[task] = net
+    return nets
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    from icmlib.data import dataset_for
+
+    return ev.subset(dataset_for(PRESET, split="val"), 2)
+
+
+@pytest.fixture(scope="module")
+def tiny_codec():
+    torch.manual_seed(0)
+    net = ICMCodec(8, 8, 0).eval()
+    net.update(force=True)
+    return LearnedCodec([net], "tiny")
+
+
+def _fake_results(**kw):
+    entries = [
+        res.codec_entry("jpeg", [{"setting": q, "bpp": b, "psnr": p, "bbox_map": m}
+                                 for q, b, p, m in [(10, 0.3, 25, 0.20), (30, 0.6, 28, 0.35),
+                                                    (60, 1.0, 31, 0.45), (90, 2.0, 35, 0.50)]]),
+        res.codec_entry("MSE baseline", [{"setting": i, "bpp": b, "psnr": p, "bbox_map": m}
+                                         for i, b, p, m in [(0, 0.2, 26, 0.22), (1, 0.4, 29, 0.36),
+                                                            (2, 0.7, 32, 0.46), (3, 1.2, 35, 0.51)]],
+                        kind="learned", group="mse"),
+        res.codec_entry("ICM dynamic (detection)",
+                        [{"setting": i, "bpp": b, "psnr": p, "bbox_map": m}
+                         for i, b, p, m in [(0, 0.1, 22, 0.30), (1, 0.2, 24, 0.42),
+                                            (2, 0.35, 26, 0.49), (3, 0.6, 28, 0.53)]],
+                        kind="learned", group="icm", task="detection", strategy="dynamic"),
+        # far away in quality: no overlap with anything
+        res.codec_entry("far", [{"setting": i, "bpp": b, "bbox_map": m}
+                                for i, b, m in [(0, 5.0, 0.90), (1, 6.0, 0.91), (2, 7.0, 0.92),
+                                                (3, 8.0, 0.93)]],
+                        kind="learned", group="icm", task="detection", strategy="fixed"),
+    ]
+    return res.new_results(preset=PRESET, dataset={"name": "synthetic", "split": "val",
+                                                   "num_images": 2},
+                           tasks=["detection"], reference={"bbox_map": 0.52},
+                           command="pytest", codecs=entries, **kw)
+
+
+# ---- schema -----------------------------------------------------------------------------
+def test_schema_round_trip(tmp_path):
+    results = _fake_results(extra={"note": np.float32(1.5)})
+    path = res.save_results(results, tmp_path / "r.json")
+    back = res.load_results(path)
+    assert back["schema"] == res.SCHEMA
+    for key in res.REQUIRED_KEYS:
+        assert key in back
+    assert back["commit"] and back["device"]["cpu"]
+    assert back["preset"]["name"] == "ci"
+    assert [c["name"] for c in back["codecs"]] == [c["name"] for c in results["codecs"]]
+    assert back["codecs"][0]["points"] == json.loads(json.dumps(results["codecs"][0]["points"]))
+    assert back["extra"]["note"] == 1.5
+    # points sorted by bpp whatever order they came in
+    e = res.codec_entry("x", [{"setting": 2, "bpp": 2.0}, {"setting": 1, "bpp": 1.0}])
+    assert [p["setting"] for p in e["points"]] == [1, 2]
+
+
+def test_schema_errors(tmp_path):
+    with pytest.raises(res.ResultsError, match="no results file"):
+        res.load_results(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(res.ResultsError, match="not a readable JSON"):
+        res.load_results(tmp_path / "bad.json")
+    r = _fake_results()
+    r["schema"] = "other/9"
+    with pytest.raises(res.ResultsError, match="unknown results schema"):
+        res.validate_results(r)
+    r = _fake_results()
+    del r["commit"]
+    with pytest.raises(res.ResultsError, match="commit"):
+        res.validate_results(r)
+    r = _fake_results()
+    r["codecs"].append(dict(r["codecs"][0]))
+    with pytest.raises(res.ResultsError, match="appears twice"):
+        res.validate_results(r)
+
+
+# ---- evaluation -------------------------------------------------------------------------
+def test_evaluate_anchor_and_learned_codec_bpp_from_real_bytes(dataset, networks, tiny_codec):
+    images = ev.dataset_images(dataset)
+    entries = {}
+    for codec, settings, tasks in ((JPEG(), [5, 90], ("detection", "instance")),
+                                   (tiny_codec, [0], ("detection",))):
+        entry = ev.evaluate_codec(codec, settings, dataset, tasks, preset=PRESET,
+                                  networks=networks, progress=False)
+        entries[codec.name] = entry
+        assert entry["name"] == codec.name and len(entry["points"]) == len(settings)
+        for point in entry["points"]:
+            # the bpp is the mean of 8*len(bytes)/pixels over the images, checked here by
+            # encoding again (encoders are deterministic)
+            lengths = [len(codec.encode(ev.tensor_to_pil(im), point["setting"])) for im in images]
+            expect = np.mean([8 * n / (im.shape[1] * im.shape[2]) for n, im in zip(lengths, images)])
+            assert point["bpp"] == pytest.approx(expect, rel=1e-12)
+            assert point["bytes"] == sum(lengths)
+            assert point["num_images"] == len(images) == 2
+            assert 5 < point["psnr"] < 60
+            assert 0 < point["ms_ssim"] <= 1
+            for k in ("bbox_map", "bbox_map50") + (("segm_map", "segm_map50")
+                                                   if "instance" in tasks else ()):
+                assert 0.0 <= point[k] <= 1.0
+            if "instance" not in tasks:
+                assert "segm_map" not in point  # only the tasks asked for
+    low, high = entries["jpeg"]["points"]
+    assert low["bpp"] < high["bpp"] and low["psnr"] < high["psnr"]
+    assert entries["jpeg"]["kind"] == "anchor" and entries["tiny"]["kind"] == "learned"
+
+
+def test_reference_accuracy_on_originals(dataset, networks):
+    from icmlib.tasks import evaluate_task
+
+    ref = ev.reference_accuracy(("detection", "instance"), dataset, preset=PRESET,
+                                networks=networks)
+    assert set(ref) >= {"bbox_map", "bbox_map50", "segm_map", "segm_map50"}
+    direct = evaluate_task(networks["instance"], "instance", dataset)
+    assert ref["segm_map"] == pytest.approx(direct["segm_map"])
+
+
+def test_subset_is_deterministic_and_checked(dataset):
+    from icmlib.data import dataset_for
+
+    full = dataset_for(PRESET, split="val")
+    assert ev.subset(full, 2).ids == full.ids[:2] == dataset.ids
+    assert ev.subset(full, None) is full
+    with pytest.raises(ev.EvaluationError):
+        ev.subset(full, 0)
+
+
+def test_cached_evaluation_runs_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path))
+    calls = []
+
+    def run():
+        calls.append(1)
+        return {"name": "x", "points": [{"setting": 1, "bpp": 0.5}]}
+
+    key = {"codec": "x", "settings": [1]}
+    a = ev.cached_evaluation(key, run)
+    b = ev.cached_evaluation(key, run)
+    assert a == b and len(calls) == 1
+    ev.cached_evaluation({**key, "settings": [2]}, run)
+    assert len(calls) == 2
+
+
+# ---- from a saved file: plots, BD-rate table ----------------------------------------------
+def test_plots_from_saved_file(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from icmlib import plots
+
+    path = res.save_results(_fake_results(), tmp_path / "r.json")
+    ax = plots.plot_rd_curves(str(path), "bbox_map")
+    labels = [l.get_label() for l in ax.get_lines()]
+    assert "jpeg" in labels and "ICM dynamic (detection)" in labels
+    assert any(l.startswith("uncompressed") for l in labels)  # the reference line
+    ax.figure.savefig(tmp_path / "rd.png")
+    assert (tmp_path / "rd.png").stat().st_size > 1000
+    ax = plots.plot_rd_curves(path, "psnr", reference=False)
+    assert not any(l.get_label().startswith("uncompressed") for l in ax.get_lines())
+    ax, value = plots.plot_bd_illustration([(0.3, 0.2), (0.6, 0.35), (1.0, 0.45), (2.0, 0.5)],
+                                           [(0.1, 0.3), (0.2, 0.42), (0.35, 0.49), (0.6, 0.53)])
+    assert value < 0
+    plt.close("all")
+
+
+def test_bd_rate_table_in_paper_form():
+    results = _fake_results()
+    df = ev.bd_rate_table(results, metric="bbox_map")
+    assert list(df.columns) == ["jpeg", "MSE baseline"]
+    assert list(df.index) == ["ICM dynamic (detection)", "far"]
+    cell = df.loc["ICM dynamic (detection)", "jpeg"]
+    assert cell.endswith("%") and cell.startswith("-")
+    assert df.loc["far", "jpeg"] == "n/a (too little overlap)"
+    num = ev.bd_rate_table(results, metric="bbox_map", as_text=False)
+    assert num.loc["ICM dynamic (detection)", "jpeg"] < -40
+    assert math.isnan(num.loc["far", "jpeg"])
+    from icmlib.bdrate import bd_rate
+
+    icm = [(p["bpp"], p["bbox_map"]) for p in results["codecs"][2]["points"]]
+    jpeg = [(p["bpp"], p["bbox_map"]) for p in results["codecs"][0]["points"]]
+    assert num.loc["ICM dynamic (detection)", "jpeg"] == pytest.approx(bd_rate(jpeg, icm))
+    with pytest.raises(ev.EvaluationError, match="not in the results"):
+        ev.bd_rate_table(results, anchors=["vvc"])
+    md = ev.dataframe_to_markdown(df)
+    assert md.count("\n") == 4 and "n/a (too little overlap)" in md
+
+
+def test_better_than_reference():
+    results = _fake_results()
+    better = ev.better_than_reference(results, "bbox_map")
+    assert {(b["codec"], b["setting"]) for b in better} == {
+        ("ICM dynamic (detection)", 3), ("far", 0), ("far", 1), ("far", 2), ("far", 3)}
+    assert ev.better_than_reference(results, "segm_map") == []
+
+
+# ---- the command --------------------------------------------------------------------------
+def test_cli_evaluate(tmp_path, monkeypatch, networks, capsys):
+    from icmlib.cli import main
+
+    monkeypatch.setattr(ev, "task_networks", lambda tasks, preset=None: networks)
+    out = tmp_path / "ev.json"
+    argv = ["evaluate", "--preset", "ci", "--anchor", "jpeg", "--anchor", "vvc",
+            "--qualities", "10", "50", "--images", "1", "--tasks", "detection",
+            "--out", str(out), "--plot", "--quiet"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "skipping anchor vvc" in err  # a missing external encoder is skipped, not a crash
+    r = res.load_results(out)
+    assert [c["name"] for c in r["codecs"]] == ["jpeg"]
+    assert [p["setting"] for p in r["codecs"][0]["points"]] == [10, 50]
+    assert r["command"].startswith("icm evaluate --preset ci --anchor jpeg")
+    assert (tmp_path / "ev_bbox_map.png").is_file() and (tmp_path / "ev_psnr.png").is_file()
+    # a second codec is added to the same file
+    assert main(["evaluate", "--preset", "ci", "--anchor", "webp", "--qualities", "30",
+                 "--images", "1", "--tasks", "detection", "--out", str(out), "--quiet"]) == 0
+    assert [c["name"] for c in res.load_results(out)["codecs"]] == ["jpeg", "webp"]
+    # user errors
+    assert main(["evaluate", "--preset", "ci", "--out", str(out)]) == 2
+    assert main(["evaluate", "--preset", "ci", "--anchor", "nope", "--out", str(out)]) == 2
+    assert main(["evaluate", "--preset", "ci", "--model", str(tmp_path / "none.pt"),
+                 "--out", str(out)]) == 2
+    assert main(["evaluate", "--preset", "ci", "--anchor", "jpeg", "--images", "2",
+                 "--tasks", "detection", "--out", str(out)]) == 2  # other images
+    err = capsys.readouterr().err
+    assert "nothing to evaluate" in err and "unknown anchor" in err
+    assert "no codec checkpoint" in err and "other images" in err

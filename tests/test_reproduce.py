@@ -1,0 +1,95 @@
+"""``icm reproduce --preset ci`` end to end: every output is written, the results file loads
+and plots on its own, and a second run trains and evaluates nothing again.
+
+Slow (it trains the ci task networks if the cache does not hold them, 4 MSE and 16 ICM
+codecs of a few steps each, and evaluates them and the ci anchors on 4 images).
+"""
+import pytest
+
+from icmlib import reproduce as rp
+from icmlib import results as res
+from icmlib.presets import get_preset
+
+OUTPUTS = ("results.json", "rd_detection.png", "rd_instance.png", "rd_psnr.png",
+           "weighting_detection.png", "weighting_instance.png", "bd_rate.md", "bd_rate.csv",
+           "summary.md")
+
+
+def test_spread_settings():
+    assert rp.spread([1, 2, 3, 4, 5, 6, 7, 8, 9], 4) == [1, 4, 6, 9]
+    assert rp.spread([1, 2, 3], 0) == [1, 2, 3]
+    assert rp.spread([1, 2, 3], 5) == [1, 2, 3]
+
+
+def test_budget_fields_in_presets():
+    for name in ("ci", "cpu", "gpu"):
+        p = get_preset(name)
+        assert len(p.rd_lambdas) >= 4  # at least 4 rate points per codec
+        assert -1 <= p.repro_base_rate < len(p.rd_lambdas)
+        assert set(p.repro_strategies) >= {"fixed", "dynamic"}
+    assert get_preset("ci").repro_icm_steps < get_preset("cpu").repro_icm_steps
+
+
+@pytest.mark.slow
+def test_reproduce_ci_end_to_end(tmp_path, monkeypatch, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from icmlib import evaluate, plots, train
+    from icmlib.cli import main
+
+    out = tmp_path / "repro"
+    assert main(["reproduce", "--preset", "ci", "--out", str(out), "--quiet"]) == 0
+    for name in OUTPUTS:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    results = res.load_results(out / "results.json")
+    assert results["command"] == f"icm reproduce --preset ci --out {out}"
+    assert results["preset"]["name"] == "ci" and results["commit"]
+    assert results["dataset"]["num_images"] == get_preset("ci").repro_eval_images
+    names = [c["name"] for c in results["codecs"]]
+    n_rates = len(get_preset("ci").rd_lambdas)
+    for task in ("detection", "instance"):
+        for strategy in ("fixed", "dynamic"):
+            codec = res.find_codec(results, rp.icm_name(task, strategy))
+            assert len(codec["points"]) == n_rates >= 4
+            assert codec["task"] == task and codec["strategy"] == strategy
+    assert len(res.find_codec(results, rp.mse_name())["points"]) == n_rates
+    assert {"jpeg", "webp"} <= set(names)
+    assert "vvc" in results["extra"]["skipped_anchors"]  # skipped with its message
+    assert "ICM_VVC_ENCODER" in results["extra"]["skipped_anchors"]["vvc"]
+    for key in ("bbox_map", "segm_map"):
+        assert key in results["reference"]
+    # every point's bpp is positive and comes with its byte count
+    for c in results["codecs"]:
+        for p in c["points"]:
+            assert p["bpp"] > 0 and p["bytes"] > 0
+    # training logs for the weighting comparison, per ICM run
+    runs = results["extra"]["training"]
+    assert len(runs) == 2 * 2 * n_rates
+    assert all(r["val"] and r["train"] for r in runs)
+    summary = (out / "summary.md").read_text()
+    assert "BD-rate" in summary and "uncompressed" in summary
+    md = (out / "bd_rate.md").read_text()
+    assert "detection: ICM dynamic (detection)" in md and "instance: ICM fixed (instance)" in md
+
+    # plots straight from the file, no evaluation
+    ax = plots.plot_rd_curves(out / "results.json", "segm_map")
+    assert len(ax.get_lines()) >= 4
+    plots.plot_weighting_comparison(out / "results.json", "detection")
+    plt.close("all")
+    table = rp.paper_table(results)
+    assert table.shape[0] == 2 * 3  # per task: MSE baseline + 2 ICM codecs
+
+    # resumable: a second run reuses every codec and every evaluation
+    def fail(*a, **k):
+        raise AssertionError("the second run should not train or evaluate anything")
+
+    monkeypatch.setattr(train, "train_codec", fail)
+    monkeypatch.setattr(evaluate, "evaluate_codec", fail)
+    monkeypatch.setattr(evaluate, "reference_accuracy", fail)
+    out2 = tmp_path / "again"
+    assert main(["reproduce", "--preset", "ci", "--out", str(out2), "--quiet"]) == 0
+    again = res.load_results(out2 / "results.json")
+    assert [c["points"] for c in again["codecs"]] == [c["points"] for c in results["codecs"]]
