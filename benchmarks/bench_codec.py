@@ -20,22 +20,21 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from icmlib.results import cpu_model, git_commit
 from compressai import ans as compressai_ans
 from compressai.models import MeanScaleHyperprior
 
 from icmlib import ans
 from icmlib.bitstream import compress_to_bytes, decompress_bytes, header_size
-from icmlib.codec import (ICMCodec, decode_image, encode_image, likelihood_bits, pad,
+from icmlib.codec import (ICMCodec, decode_image, encode_image, likelihood_bits,
                           run_codec)
 from icmlib.presets import get_preset
 
@@ -55,24 +54,6 @@ def timed(fn):
     t = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def bench_transforms(ours, theirs, images, runs):
@@ -217,7 +198,7 @@ def main(argv=None):
         images[s] = [smooth_image(h, w, seed=100 * k + i) for i in range(args.images)]
 
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "commit": git_commit(), "cpu": cpu_model(), "torch": torch.__version__,
+              "commit": git_commit(ROOT), "cpu": cpu_model(), "torch": torch.__version__,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "threads": args.threads, "N": N, "M": M, "weights": weights,
               "load_start": round(load_start, 2)}

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,28 +29,9 @@ from pathlib import Path
 
 import torch
 
+from icmlib.results import cpu_model, git_commit
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
-                               text=True).stdout.strip()
-        return out + ("+uncommitted" if dirty else "")
-    except Exception:
-        return "unknown"
 
 
 def bench_one(preset_name: str, task, threads: int, steps: int) -> dict:
@@ -109,9 +89,9 @@ def main(argv=None) -> int:
     load_after = os.getloadavg()
     info = {
         "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
-        "commit": _commit(),
+        "commit": git_commit(ROOT),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else _cpu_name(),
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else cpu_model(),
         "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in load_after],

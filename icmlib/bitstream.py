@@ -40,13 +40,12 @@ streams is outside this format's promise (CompressAI's C++ decoder does not boun
 """
 from __future__ import annotations
 
-import io
 import os
 import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, List, Sequence, Tuple, Union
+from typing import BinaryIO, List, Tuple, Union
 
 import torch
 

@@ -11,6 +11,16 @@ class CLIError(Exception):
     """An error a user can fix; printed without a traceback, exit status 2."""
 
 
+def _preset_from(args):
+    """The preset named by ``--preset`` (or the default), with a clear error for a bad name."""
+    from icmlib.presets import get_preset
+
+    try:
+        return get_preset(args.preset)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
 # ---- encode / decode / info ------------------------------------------------------------
 def _add_codec_commands(sub) -> None:
     model_help = ("codec checkpoint to use (a file written by icmlib.codec.save_codec, e.g. by "
@@ -175,12 +185,8 @@ def _add_train_task_command(sub) -> None:
 
 def _train_task_command(args) -> int:
     from icmlib import tasks
-    from icmlib.presets import get_preset
 
-    try:
-        preset = get_preset(args.preset)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    preset = _preset_from(args)
     if args.steps is not None and args.steps < 1:
         raise CLIError(f"--steps must be a positive number of training steps, got {args.steps}")
     try:
@@ -326,11 +332,7 @@ def _cmd_evaluate(args) -> int:
     import sys as _sys
     from pathlib import Path
 
-    from icmlib.presets import get_preset
-    try:
-        preset = get_preset(args.preset)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    preset = _preset_from(args)
     if not args.anchor and not args.model:
         raise CLIError("nothing to evaluate: give --anchor NAME and/or --model CKPT")
     if args.images is not None and args.images < 1:
@@ -437,11 +439,7 @@ def _evaluate_command(args, preset) -> str:
 
 
 def _cmd_reproduce(args) -> int:
-    from icmlib.presets import get_preset
-    try:
-        preset = get_preset(args.preset)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+    preset = _preset_from(args)
     from icmlib.reproduce import ReproductionError, reproduce
 
     command = f"icm reproduce --preset {preset.name}" + (f" --out {args.out}" if args.out else "")

@@ -12,7 +12,7 @@ is plain Python and tested; ``Explorer.widget()`` only wires it to ipywidgets.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 

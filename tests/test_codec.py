@@ -1,5 +1,4 @@
 """The codec: CompressAI's model API, any image size, real bits vs the estimate, determinism."""
-import math
 
 import pytest
 import torch

@@ -8,13 +8,7 @@ from icmlib import losses
 from icmlib.codec import ICMCodec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than two (and much faster on a loaded machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rate_counts_both_streams_in_bits_per_pixel():

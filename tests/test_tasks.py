@@ -1,6 +1,5 @@
 """Tests of icmlib.tasks: the small task networks, the frozen-task wrapper, training and
 evaluation (ci preset), and the clear error when pretrained weights cannot be fetched."""
-import copy
 import urllib.error
 
 import pytest

@@ -13,13 +13,7 @@ from icmlib.train import (TrainingDiverged, codec_for, read_log, resolve_rate, t
 from icmlib.weighting import Dynamic
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a loaded 2-core machine spin more than they compute."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ci(**overrides):
