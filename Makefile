@@ -23,6 +23,8 @@ book: $(STAMP)
 	ICM_PRESET=$${ICM_PRESET:-cpu} ICM_CACHE=$${ICM_CACHE:-$(CURDIR)/.cache/book} \
 	  MPLBACKEND=module://matplotlib_inline.backend_inline \
 	  $(BIN)/jupyter-book build . --all
+	# check the pages a reader gets: every chapter exists, shows its figures, has no errors
+	ICM_BOOK_HTML=_build/html $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_book.py -k every_chapter_page
 	@echo "Book built: open _build/html/index.html"
 
 # Tests use a fresh cache of their own so they never pick up the book's checkpoints.

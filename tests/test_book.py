@@ -9,11 +9,11 @@ Three kinds of test:
   exit non-zero, and a notebook that works must render its printed output and
   its matplotlib figure;
 * the real book: every notebook chapter of ``_toc.yml`` has a page with at
-  least one figure and no error output. It inspects ``$ICM_BOOK_HTML`` when set
-  (a folder, relative paths from the repository root: ``ICM_BOOK_HTML=_build/html``
-  after ``make book``); otherwise it
-  builds the book itself on the current preset into a temporary folder, reusing
-  ``$ICM_CACHE`` so train-or-load steps are shared with the nbval run.
+  least one figure and no error output. It inspects the built book in
+  ``$ICM_BOOK_HTML`` (relative paths from the repository root). ``make book`` runs it
+  on the book it has just built, so a build that loses its figures fails; in
+  ``make test`` it is skipped, since nbval already executes every notebook and a
+  second full execution would double the test time.
 """
 from __future__ import annotations
 
@@ -269,8 +269,8 @@ def test_passing_notebook_renders_its_outputs(tmp_path):
 
 # ----------------------------------------------------------------------------- the real book
 @pytest.fixture(scope="module")
-def built_book(tmp_path_factory):
-    """The HTML folder of the real book: ``$ICM_BOOK_HTML``, or a fresh build on the current preset."""
+def built_book():
+    """The HTML folder of the real book, ``$ICM_BOOK_HTML``."""
     given = os.environ.get("ICM_BOOK_HTML")
     if given:
         html = Path(given)
@@ -279,12 +279,8 @@ def built_book(tmp_path_factory):
         if not (html / "index.html").is_file():
             pytest.fail(f"ICM_BOOK_HTML={given} holds no built book (no index.html); run `make book` first")
         return html
-    out = tmp_path_factory.mktemp("realbook")
-    start = time.perf_counter()
-    proc = bookcheck.build_book(REPO, output_dir=out, timeout=3600)
-    print(f"real book built in {time.perf_counter() - start:.0f} s (preset {os.environ.get('ICM_PRESET', 'default')})")
-    assert proc.returncode == 0, f"the book does not build:\n{proc.stdout[-6000:]}"
-    return out / "_build" / "html"
+    pytest.skip("no built book: `make book` builds it and runs this check on it "
+                "(or set ICM_BOOK_HTML to a built _build/html)")
 
 
 @pytest.mark.slow
