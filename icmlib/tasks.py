@@ -598,6 +598,7 @@ def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
+@torch.enable_grad()  # may be called lazily from inside a caller's torch.no_grad()
 def train_task(task: str, preset: Union[Preset, str, None] = None, progress: bool = True,
                *, steps: Optional[int] = None, seed: int = 0,
                eval_every: Optional[int] = None) -> Dict[str, Any]:

@@ -502,7 +502,9 @@ def train_codec(preset: Union[Preset, str, None] = None, task: Optional[str] = N
     Raises :class:`TrainingDiverged` on NaN/inf.
     """
     preset = get_preset(preset)
-    with _threads(preset.train_threads):
+    # training may be triggered lazily from inside a caller's torch.no_grad() (e.g. a
+    # LearnedCodec loading its networks during evaluation): gradients must be on here
+    with _threads(preset.train_threads), torch.enable_grad():
         return _train_codec(preset, task, strategy, rate_index, steps, out_dir, resume,
                             progress, init_from, seed, command, on_step)
 

@@ -203,3 +203,14 @@ def test_cli_train_and_errors(tmp_path, capsys):
     assert main(["train", "--preset", "ci", "--strategy", "dynamic", "--out", str(out)]) == 2
     assert "needs a task" in capsys.readouterr().err
     assert main(["train", "--preset", "ci", "--rate", "7", "--out", str(out)]) == 2
+
+
+def test_training_works_when_called_under_no_grad(tmp_path, monkeypatch):
+    """A LearnedCodec loads (and so may train) its networks lazily, inside an evaluator's
+    torch.no_grad(): training must switch gradients on for itself."""
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path))
+    from icmlib.train import train_codec
+
+    with torch.no_grad():
+        ckpt = train_codec("ci", strategy="mse", steps=3, out_dir=tmp_path / "run", progress=False)
+    assert "state_dict" in ckpt
