@@ -128,6 +128,17 @@ class PatchClassifier(_HasEncoder, nn.Module):
         return self.forward(F.pad(x, (r, r, r, r)))
 
 
+def encoder_stages(in_channels: int, width: int, depth: int):
+    """The shared encoder: a stem block, then ``depth`` × (2×2 max pool, block doubling the
+    channels). Returns the stages and the channels of the last one."""
+    stages = [conv_block(in_channels, width)]
+    c = width
+    for _ in range(depth):
+        stages.append(nn.Sequential(nn.MaxPool2d(2), conv_block(c, 2 * c)))
+        c *= 2
+    return nn.ModuleList(stages), c
+
+
 class FCN(_HasEncoder, nn.Module):
     """Downsample ``depth`` times, classify at 1/2^depth resolution, upsample in one step.
 
@@ -140,12 +151,7 @@ class FCN(_HasEncoder, nn.Module):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.in_channels, self.num_classes, self.depth = in_channels, num_classes, depth
-        stages = [conv_block(in_channels, width)]
-        c = width
-        for _ in range(depth):
-            stages.append(nn.Sequential(nn.MaxPool2d(2), conv_block(c, 2 * c)))
-            c *= 2
-        self.encoder_stages = nn.ModuleList(stages)
+        self.encoder_stages, c = encoder_stages(in_channels, width, depth)
         self.head = nn.Conv2d(c, num_classes, 1)
         f = 2 ** depth
         self.upsample = nn.ConvTranspose2d(num_classes, num_classes, 2 * f, stride=f,
@@ -182,12 +188,7 @@ class UNet(_HasEncoder, nn.Module):
                              f"got {num_classes}")
         self.in_channels, self.num_classes = in_channels, num_classes
         self.width, self.depth, self.skip = width, depth, skip
-        stages = [conv_block(in_channels, width)]
-        c = width
-        for _ in range(depth):
-            stages.append(nn.Sequential(nn.MaxPool2d(2), conv_block(c, 2 * c)))
-            c *= 2
-        self.encoder_stages = nn.ModuleList(stages)
+        self.encoder_stages, c = encoder_stages(in_channels, width, depth)
         self.ups = nn.ModuleList()
         self.decoder_blocks = nn.ModuleList()
         for _ in range(depth):
