@@ -38,7 +38,14 @@ class Preset:
     codec_blocks: int = 0               # extra residual blocks per stage
     crop_size: int = 64                 # training crops
     batch_size: int = 8
-    codec_steps: int = 3000             # steps for an MSE (human-vision) codec
+    # How every codec is trained (icmlib.train.codec_for, the book and `icm reproduce`):
+    # the MSE codec at rate point ``codec_base_rate`` from scratch (codec_steps); the MSE
+    # codecs at the other rates fine-tuned from it (codec_finetune_steps); every ICM codec
+    # fine-tuned from the MSE codec of its rate (icm_steps). codec_base_rate = -1: every
+    # MSE codec from scratch (codec_steps each).
+    codec_steps: int = 3000             # steps for an MSE (human-vision) codec from scratch
+    codec_base_rate: int = 1
+    codec_finetune_steps: int = 300
     icm_steps: int = 1500               # steps for an ICM codec (with a task network)
     lr: float = 1e-4
     aux_lr: float = 1e-3
@@ -73,21 +80,13 @@ class Preset:
     # --- evaluation ------------------------------------------------------------------
     eval_images: int = 64
 
-    # --- reproduction (icmlib.reproduce, `icm reproduce`): its time budget ---------------
-    # Rate points are preset.rd_lambdas. The MSE codec at rate ``repro_base_rate`` is
-    # trained from scratch (repro_mse_steps); the MSE codecs at the other rates are
-    # fine-tuned from it (repro_finetune_steps), and every ICM codec is fine-tuned from the
-    # MSE codec of its rate (repro_icm_steps). repro_base_rate = -1: every MSE codec from
-    # scratch. See icmlib/reproduce.py for the budget of each preset.
+    # --- reproduction (icmlib.reproduce, `icm reproduce`) ---------------------------------
+    # Its codecs are codec_for's (rate points rd_lambdas; steps above), so the book and the
+    # reproduction share them. See icmlib/reproduce.py for the budget of each preset.
     repro_eval_images: int = 32         # validation images every codec is evaluated on
     repro_anchors: Tuple[str, ...] = () # anchor names (icmlib.anchors.ANCHORS); () = all
     repro_anchor_points: int = 6        # settings per anchor, spread over its range; 0 = all
     repro_strategies: Tuple[str, ...] = ("fixed", "dynamic")
-    repro_base_rate: int = 1
-    repro_mse_steps: int = 1500
-    repro_finetune_steps: int = 300
-    repro_icm_steps: int = 150
-    repro_val_every: int = 50           # validation period of the ICM runs (weighting curves)
 
     # --- segmentation chapters (icmlib.segmentation / seg_train) ------------------------
     seg_image_size: int = 96            # images and masks are resized to this square size
@@ -129,7 +128,8 @@ class Preset:
     num_workers: int = 0
     amp: bool = False
     log_every: int = 25
-    val_every: int = 250
+    val_every: int = 250                # validation period of MSE codec runs
+    icm_val_every: int = 250            # ... of ICM runs (the weighting comparison's curves)
 
     def replace(self, **overrides) -> "Preset":
         """A copy with some fields changed (unknown names raise a clear error)."""
@@ -148,16 +148,15 @@ PRESETS = {
         name="ci",
         image_size=64, train_images=24, val_images=8, max_objects=3,
         codec_channels=32, latent_channels=48, crop_size=64, batch_size=4,
-        codec_steps=40, icm_steps=20, lr=1e-3,
+        codec_steps=40, codec_finetune_steps=10, icm_steps=10, lr=1e-3,
         rd_lambdas=(0.0035, 0.013, 0.05, 0.2),
         task_backbone_width=8, task_fpn_channels=16, task_image_size=64,
         task_steps=20, task_batch_size=4, task_warmup_steps=5, task_representation_size=32,
         task_rpn_batch_size=32, task_roi_batch_size=32, task_unet_width=8, task_unet_depth=2,
         task_semantic_steps=20, task_instance_steps=20,
-        eval_images=4, log_every=5, val_every=20,
+        eval_images=4, log_every=5, val_every=20, icm_val_every=5,
         repro_eval_images=4, repro_anchors=("jpeg", "webp", "hevc", "vvc"),
-        repro_anchor_points=4, repro_mse_steps=12, repro_finetune_steps=2,
-        repro_icm_steps=3, repro_val_every=3,
+        repro_anchor_points=4,
         checkpoint_every=5, train_val_images=4, icm_crop_size=64, icm_batch_size=4,
         train_threads=1,
         seg_image_size=64, seg_width=8, seg_steps=30, seg_batch_size=4, seg_lr=1e-2, seg_val_every=10,
@@ -170,9 +169,15 @@ PRESETS = {
         task_steps=2500, task_train_images=1600, task_lr=3e-3, task_instance_steps=600,
         task_semantic_steps=600,
         # codecs: short runs need a larger step than the paper-scale 1e-4 (measured: MSE
-        # codec at λ=0.0067 reaches 21.8 dB after 800 steps at 1e-3); ICM codecs start from
-        # the MSE codec, so 600 steps (~6 CPU-minutes) suffice
-        lr=1e-3, codec_steps=2000, icm_steps=600,
+        # codec at λ=0.0067 reaches 21.8 dB after 800 steps at 1e-3). Rate points: with
+        # λ = 0.0018..0.013 every learned codec landed at 0.07-0.2 bpp, mAP 0.34-0.48
+        # (uncompressed 0.59), below most anchors' lowest settings, so most BD-rates had
+        # too little overlap (data/results/cpu at commit 006c17b); these reach higher.
+        # Budget (2 cores): MSE base 2000 steps ~9 min, 3 fine-tunes x 400 ~6 min, 16 ICM
+        # codecs of `icm reproduce` x 150 steps ~26 min (see icmlib.reproduce.CPU_BUDGET).
+        lr=1e-3, rd_lambdas=(0.0035, 0.0093, 0.025, 0.067),
+        codec_steps=2000, codec_base_rate=2, codec_finetune_steps=400, icm_steps=150,
+        icm_val_every=50,
     ),
     "gpu": Preset(
         name="gpu", dataset="coco",
@@ -183,9 +188,8 @@ PRESETS = {
         task_unet_width=32, task_unet_depth=4, task_semantic_steps=20_000,
         task_detections_per_image=100,
         eval_images=5000, device="cuda", num_workers=8, amp=True,
-        repro_eval_images=5000, repro_anchor_points=0, repro_base_rate=-1, repro_mse_steps=300_000,
-        repro_icm_steps=200_000, repro_val_every=5000,
-        log_every=100, val_every=5000,
+        codec_base_rate=-1, repro_eval_images=5000, repro_anchor_points=0,
+        log_every=100, val_every=5000, icm_val_every=5000,
         checkpoint_every=5000, train_val_images=200, icm_crop_size=0, icm_batch_size=0,
         seg_image_size=256, seg_width=32, seg_depth=4, seg_steps=20_000, seg_batch_size=16,
         seg_lr=1e-3, seg_val_every=1000, seg_patience=5, seg_eval_images=500,

@@ -21,9 +21,9 @@ Around it:
   the task loss sees the objects where they are in the crop.
 * **losses / weights** — ``icmlib.losses.loss_terms`` and a strategy from
   ``icmlib.weighting``; every term and weight goes to ``train_log.csv`` every step.
-* **validation** every ``preset.val_every`` steps on ``preset.train_val_images`` val
-  images: bpp from the *real* rANS bytes (after ``update()``) next to the likelihood
-  estimate, PSNR, and the task metric (COCO mAP / mIoU through
+* **validation** every ``preset.val_every`` steps (``icm_val_every`` for ICM codecs) on
+  ``preset.train_val_images`` val images: bpp from the *real* rANS bytes (after
+  ``update()``) next to the likelihood estimate, PSNR, and the task metric (COCO mAP / mIoU through
   ``icmlib.tasks.evaluate_task`` on the decoded images) → ``val_log.csv``.
 * **checkpoints** every ``preset.checkpoint_every`` steps, written atomically, holding
   the model, both optimizers, the schedulers, the AMP scaler, the weighting strategy's
@@ -43,7 +43,9 @@ Around it:
 ``init_from`` starts from an existing codec instead of random weights. The reproduction
 trains ICM codecs this way from the MSE codec at the same rate point (common practice:
 the task loss alone is a poor teacher for a codec that cannot yet reconstruct, and it
-saves most of the steps); ``codec_for`` does this when ``preset.icm_init_from_mse``.
+saves most of the steps), and MSE codecs at other rates from the one at
+``preset.codec_base_rate``: that recipe is :func:`codec_parent`, which ``codec_for`` (and
+so the book and ``icm reproduce``) follows.
 """
 from __future__ import annotations
 
@@ -528,6 +530,8 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
     steps = int(steps if steps is not None else (preset.icm_steps if task else preset.codec_steps))
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    # ICM runs validate more often: their curves over training are the weighting comparison
+    val_every = max(1, preset.icm_val_every if task is not None else preset.val_every)
     seed = preset.train_seed if seed is None else int(seed)
     command = command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
 
@@ -729,7 +733,7 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
                 bar.set_postfix(post, refresh=False)
             if step % preset.checkpoint_every == 0 or step == steps:
                 save_checkpoint(step)
-            if step % preset.val_every == 0 or step == steps:
+            if step % val_every == 0 or step == steps:
                 run_validation(step)
             if on_step is not None:
                 on_step(step, row)
@@ -766,22 +770,51 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
 # Train-or-load
 # --------------------------------------------------------------------------------------
 
+def codec_parent(preset: Union[Preset, str, None] = None, task: Optional[str] = None,
+                 rate_index: Union[int, float] = 0) -> Optional[Tuple[None, str, Union[int, float]]]:
+    """The codec this one is fine-tuned from, as ``(task, strategy, rate)``, or ``None``.
+
+    The recipe (the preset's fields): an ICM codec starts from the MSE codec at its own
+    rate (``icm_init_from_mse``); an MSE codec at a rate other than ``codec_base_rate``
+    starts from the MSE codec at that rate; the base MSE codec (or every MSE codec when
+    ``codec_base_rate = -1``) starts from random weights.
+    """
+    preset = get_preset(preset)
+    index, lmbda = resolve_rate(preset, rate_index)
+    rate = lmbda if index is None else index
+    if task is not None:
+        return (None, "mse", rate) if preset.icm_init_from_mse else None
+    base = preset.codec_base_rate
+    if base < 0 or index == base:
+        return None
+    if base >= len(preset.rd_lambdas):
+        raise ValueError(f"codec_base_rate={base} but preset {preset.name!r} has "
+                         f"{len(preset.rd_lambdas)} rate points")
+    return (None, "mse", base)
+
+
+def default_steps(preset: Preset, task: Optional[str], parent) -> int:
+    """Training steps of a codec made by the recipe: ICM, MSE fine-tune, or from scratch."""
+    if task is not None:
+        return int(preset.icm_steps)
+    return int(preset.codec_finetune_steps if parent is not None else preset.codec_steps)
+
+
 def codec_config(preset: Union[Preset, str, None] = None, task: Optional[str] = None,
                  strategy: str = "mse", rate_index: Union[int, float] = 0,
                  steps: Optional[int] = None) -> Dict[str, Any]:
     """Every setting that determines the codec ``codec_for`` returns: its cache key.
 
     Includes the task network's own configuration (a retrained task network gives other
-    codecs) and, for ICM codecs started from the MSE codec, that codec's configuration.
+    codecs) and the configuration of the codec it is fine-tuned from (:func:`codec_parent`).
     """
     from .data import world_config
 
     preset = get_preset(preset)
     rate_index, lmbda = resolve_rate(preset, rate_index)
-    steps = int(steps if steps is not None else (preset.icm_steps if task else preset.codec_steps))
-    init = None
-    if task is not None and preset.icm_init_from_mse:
-        init = codec_config(preset, None, "mse", lmbda if rate_index is None else rate_index)
+    parent = codec_parent(preset, task, lmbda if rate_index is None else rate_index)
+    steps = int(steps if steps is not None else default_steps(preset, task, parent))
+    init = None if parent is None else codec_config(preset, *parent)
     cfg = _run_config(preset, task, strategy, rate_index, lmbda, steps, preset.train_seed, init)
     if task is not None:
         from .tasks import task_config
@@ -798,9 +831,8 @@ def codec_run(preset: Union[Preset, str, None] = None, task: Optional[str] = Non
     """Train-or-load the codec's checkpoint dict, logs included (see :func:`train_codec`).
 
     The run folder is ``$ICM_CACHE/runs/codec/<key>``: an interrupted training resumes
-    from its last checkpoint the next time, and its CSV logs stay there. ICM codecs start
-    from the MSE codec at the same rate point (trained or loaded first) when
-    ``preset.icm_init_from_mse``.
+    from its last checkpoint the next time, and its CSV logs stay there. A codec that is
+    fine-tuned (:func:`codec_parent`) has its parent trained or loaded first.
     """
     preset = get_preset(preset)
     cfg = codec_config(preset, task, strategy, rate_index, steps)
@@ -808,11 +840,12 @@ def codec_run(preset: Union[Preset, str, None] = None, task: Optional[str] = Non
 
     def train():
         init = None
-        if task is not None and preset.icm_init_from_mse:
-            init = codec_run(preset, None, "mse", rate_index, progress=progress)
+        parent = codec_parent(preset, task, rate_index)
+        if parent is not None:
+            init = codec_run(preset, *parent, progress=progress)
             init = {k: init[k] for k in ("format", "config", "state_dict", "meta")}
-        return train_codec(preset, task, strategy, rate_index, steps=steps, out_dir=run_dir,
-                           resume=not force, progress=progress, init_from=init,
+        return train_codec(preset, task, strategy, rate_index, steps=cfg["steps"],
+                           out_dir=run_dir, resume=not force, progress=progress, init_from=init,
                            command=f"icmlib.train.codec_for(preset={preset.name!r}, task={task!r}, "
                                    f"strategy={strategy!r}, rate_index={rate_index!r})")
 

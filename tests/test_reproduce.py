@@ -25,9 +25,9 @@ def test_budget_fields_in_presets():
     for name in ("ci", "cpu", "gpu"):
         p = get_preset(name)
         assert len(p.rd_lambdas) >= 4  # at least 4 rate points per codec
-        assert -1 <= p.repro_base_rate < len(p.rd_lambdas)
+        assert -1 <= p.codec_base_rate < len(p.rd_lambdas)
         assert set(p.repro_strategies) >= {"fixed", "dynamic"}
-    assert get_preset("ci").repro_icm_steps < get_preset("cpu").repro_icm_steps
+    assert get_preset("ci").icm_steps < get_preset("cpu").icm_steps
 
 
 @pytest.mark.slow

@@ -183,13 +183,37 @@ def test_bad_arguments_give_clear_errors(tmp_path):
 
 
 def test_codec_for_trains_once_then_loads(capsys):
-    p = ci(codec_steps=4, checkpoint_every=4, val_every=100)
+    p = ci(codec_steps=4, codec_base_rate=0, checkpoint_every=4, val_every=100)
     a = codec_for(p, progress=False)
     b = codec_for(p, progress=False)
     assert not a.training and a.meta["strategy"] == "mse"
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k])
-    assert len(b.logs["train"]) == 4
+    assert len(b.logs["train"]) == 4 and a.meta["init_from"] is None
+
+
+def test_codec_recipe_fine_tunes_from_the_base_codec():
+    """MSE codecs at other rates start from the base-rate codec, ICM codecs from the MSE
+    codec of their rate (codec_parent), with the preset's step counts."""
+    from icmlib.train import _state_hash, codec_parent, codec_run
+
+    p = ci(codec_steps=4, codec_finetune_steps=3, icm_steps=2, codec_base_rate=1,
+           checkpoint_every=4, val_every=100, icm_val_every=1)
+    assert codec_parent(p, None, 1) is None
+    assert codec_parent(p, None, 0) == (None, "mse", 1)
+    assert codec_parent(p, None, 0.01) == (None, "mse", 1)
+    assert codec_parent(p, "detection", 0) == (None, "mse", 0)
+    assert codec_parent(p.replace(codec_base_rate=-1), None, 0) is None
+    with pytest.raises(ValueError, match="codec_base_rate"):
+        codec_parent(p.replace(codec_base_rate=9), None, 0)
+    low = codec_run(p, None, "mse", 0, progress=False)
+    base = codec_run(p, None, "mse", 1, progress=False)
+    assert len(base["logs"]["train"]) == 4 and base["meta"]["init_from"] is None
+    assert len(low["logs"]["train"]) == 3
+    assert low["meta"]["init_from"] == f"codec:{_state_hash(base['state_dict'])}"
+    icm = codec_run(p, "detection", "fixed", 0, progress=False)
+    assert len(icm["logs"]["train"]) == 2 and len(icm["logs"]["val"]) == 2  # icm_val_every
+    assert icm["meta"]["init_from"] == f"codec:{_state_hash(low['state_dict'])}"
 
 
 def test_cli_train_and_errors(tmp_path, capsys):
