@@ -21,12 +21,24 @@ import torch
 ENV_VAR = "ICM_CACHE"
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get(ENV_VAR) or Path.home() / ".cache" / "icmlib")
+
+
 def cache_dir(*parts: str) -> Path:
     """``$ICM_CACHE/<parts...>``, created if missing."""
-    root = Path(os.environ.get(ENV_VAR) or Path.home() / ".cache" / "icmlib")
-    path = root.joinpath(*parts)
+    path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as messages show it: ``$ICM_CACHE/...`` inside the cache (the book's pages
+    should not print the build machine's folders), else unchanged."""
+    try:
+        return f"${ENV_VAR}/{Path(path).resolve().relative_to(cache_root().resolve())}"
+    except ValueError:
+        return str(path)
 
 
 def config_key(config: Mapping[str, Any]) -> str:
@@ -77,7 +89,7 @@ def train_or_load(kind: str, config: Mapping[str, Any], train: Callable[[], Any]
     path = checkpoint_path(kind, config)
     if path.exists() and not force:
         if verbose:
-            print(f"[icmlib] loaded {kind} from cache: {path}")
+            print(f"[icmlib] loaded {kind} from cache: {shown_path(path)}")
         return torch.load(path, map_location="cpu", weights_only=False)
     if verbose:
         print(f"[icmlib] training {kind} (no cached checkpoint for this configuration) ...")
@@ -86,5 +98,5 @@ def train_or_load(kind: str, config: Mapping[str, Any], train: Callable[[], Any]
     atomic_write_text(json.dumps(dict(config), indent=2, sort_keys=True, default=str),
                       path.with_suffix(".json"))
     if verbose:
-        print(f"[icmlib] saved {kind} to {path}")
+        print(f"[icmlib] saved {kind} to {shown_path(path)}")
     return obj

@@ -901,7 +901,8 @@ def draw_annotations(ax, image: torch.Tensor, target: Optional[Dict[str, Any]] =
                      categories: Union[Sequence[Dict[str, Any]], Dict[int, str], None] = None,
                      *, masks: bool = True, boxes: bool = True, labels: bool = True,
                      scores: Optional[torch.Tensor] = None, alpha: float = 0.45,
-                     contours: bool = True, title: Optional[str] = None):
+                     contours: bool = True, title: Optional[str] = None,
+                     title_size: float = 9):
     """Show ``image`` on the matplotlib axes ``ax`` with ``target``'s masks (tinted by
     category and outlined), boxes and category names. ``categories`` is a COCO category list or an
     ``{id: name}`` dict (default: the synthetic world's). Works for predictions too
@@ -946,7 +947,7 @@ def draw_annotations(ax, image: torch.Tensor, target: Optional[Dict[str, Any]] =
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=title_size)
     return ax
 
 

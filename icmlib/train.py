@@ -65,7 +65,7 @@ import torch
 import torch.nn as nn
 
 from . import losses
-from .cache import atomic_save, cache_dir, config_key, train_or_load
+from .cache import atomic_save, cache_dir, config_key, shown_path, train_or_load
 from .codec import (ICMCodec, codec_checkpoint, decode_image, encode_image, load_codec,
                     quantized_image, run_codec, save_codec)
 from .presets import Preset, get_preset
@@ -603,9 +603,9 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
         start = int(state["step"])
         _set_rng_state(state["rng"][rank], train_ds)
         if is_main and progress:
-            print(f"[icmlib] resuming {out_dir} at step {start}/{steps}")
+            print(f"[icmlib] resuming {shown_path(out_dir)} at step {start}/{steps}")
     elif resume and is_main and progress:
-        print(f"[icmlib] no checkpoint in {out_dir}: starting from step 0")
+        print(f"[icmlib] no checkpoint in {shown_path(out_dir)}: starting from step 0")
 
     model = net
     if distributed:

@@ -93,7 +93,7 @@ class Explorer:
         keep = pred["scores"] >= DRAW_SCORE
         shown = {k: v[keep] for k, v in pred.items() if torch.is_tensor(v) and len(v) == len(keep)}
         draw_annotations(ax, p["image"], shown, scores=shown.get("scores"),
-                         title=self._caption(codec_name, setting, p))
+                         title=self._caption(codec_name, setting, p), title_size=13)
         return p
 
     def figure(self, left: Tuple[str, Any], right: Optional[Tuple[str, Any]] = None,

@@ -49,6 +49,16 @@ def test_train_or_load_trains_once_per_config(tmp_path, monkeypatch):
     assert cache.checkpoint_path("thing", {"a": 1}).with_suffix(".json").exists()
 
 
+def test_messages_show_cache_paths_relative_to_the_cache(tmp_path, monkeypatch, capsys):
+    """The book's pages print where checkpoints are, not the build machine's folders."""
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path))
+    cache.train_or_load("thing", {"a": 1}, lambda: {"v": 1})
+    cache.train_or_load("thing", {"a": 1}, lambda: {"v": 1})
+    out = capsys.readouterr().out
+    assert "$ICM_CACHE/checkpoints/thing/" in out and str(tmp_path) not in out
+    assert cache.shown_path(tmp_path.parent / "elsewhere.pt") == str(tmp_path.parent / "elsewhere.pt")
+
+
 def test_atomic_save_leaves_no_partial_file(tmp_path):
     class Boom:
         def __reduce__(self):
