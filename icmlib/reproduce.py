@@ -379,6 +379,39 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
     if trad and mse:
         psnr = bd_rate_table(results, anchors=trad, metric="psnr", tests=mse, as_text=True)
         out["mse_vs_anchors_psnr"] = {a: psnr.loc[mse[0], a] for a in trad}
+        out["mse_vs_anchors_equal_psnr"] = equal_quality_rates(results, mse[0], trad, "psnr")
+    return out
+
+
+def equal_quality_rates(results: Dict[str, Any], test: str, anchors: Sequence[str],
+                        metric: str = "psnr") -> Dict[str, Any]:
+    """At the quality of ``test``'s highest-rate point: the bpp each anchor needs for it.
+
+    A one-point comparison that exists even when a BD-rate cannot (a curve whose quality
+    barely changes with rate overlaps nothing): ``{"bpp", "quality", "anchors": {name:
+    bpp or a reason}}``. The anchor's rate is interpolated linearly in log(bpp) between its
+    two points around that quality (after dropping points below its running maximum)."""
+    from icmlib.results import find_codec
+
+    top = max(find_codec(results, test)["points"], key=lambda p: p["bpp"])
+    q = top.get(metric)
+    out = {"bpp": top["bpp"], "quality": q, "anchors": {}}
+    for name in anchors:
+        pts = sorted((p["bpp"], p.get(metric)) for p in find_codec(results, name)["points"]
+                     if p.get(metric) is not None)
+        frontier = [pts[0]] if pts else []
+        for b, v in pts[1:]:
+            if v > frontier[-1][1]:
+                frontier.append((b, v))
+        if q is None or not frontier:
+            out["anchors"][name] = "no points"
+        elif q < frontier[0][1]:
+            out["anchors"][name] = f"below its lowest setting ({frontier[0][0]:.3f} bpp)"
+        elif q > frontier[-1][1]:
+            out["anchors"][name] = f"above its highest setting ({frontier[-1][0]:.3f} bpp)"
+        else:
+            qs = [v for _, v in frontier]
+            out["anchors"][name] = float(np.exp(np.interp(q, qs, [np.log(b) for b, _ in frontier])))
     return out
 
 
@@ -414,9 +447,17 @@ def summary_markdown(results: Dict[str, Any]) -> str:
               "−32.90 %.", ""]
     if s.get("mse_vs_anchors_psnr"):
         lines += ["## The learned baseline against the anchors, for the eye", "",
-                  "BD-rate of the MSE baseline against each anchor at equal PSNR (negative: "
-                  "the learned codec needs fewer bits). ICM codecs are fine-tuned from it:",
+                  "ICM codecs are fine-tuned from the MSE baseline, so they start where it "
+                  "stands. BD-rate of the MSE baseline against each anchor at equal PSNR "
+                  "(negative: the learned codec needs fewer bits):",
                   ""] + [f"- vs {a}: {v}" for a, v in s["mse_vs_anchors_psnr"].items()] + [""]
+        eq = s.get("mse_vs_anchors_equal_psnr")
+        if eq:
+            lines += [f"At the MSE baseline's highest rate ({eq['bpp']:.3f} bpp, "
+                      f"{eq['quality']:.2f} dB), the bits each anchor needs for the same PSNR:",
+                      ""] + [f"- {a}: " + (f"{v:.3f} bpp ({eq['bpp'] / v:.1f}x fewer)"
+                                           if isinstance(v, float) else v)
+                             for a, v in eq["anchors"].items()] + [""]
     for task, t in s["tasks"].items():
         lines.append(f"## {task} ({t['metric']}; uncompressed: {_fmt(t['reference'])})")
         lines.append("")
