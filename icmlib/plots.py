@@ -29,7 +29,7 @@ def _rd_style(codec):
 
 
 def plot_rd_curves(results, metric="bbox_map", ax=None, codecs=None, task=None,
-                   reference=True, title=None, legend=True):
+                   reference=True, title=None, legend=True, log_rate=True):
     """Rate-accuracy (or rate-distortion) curves of every codec in a results file.
 
     Args:
@@ -40,6 +40,8 @@ def plot_rd_curves(results, metric="bbox_map", ax=None, codecs=None, task=None,
             trained for another task than ``task`` are left out when ``task`` is given).
         reference: draw the task network's accuracy on the **uncompressed** images as a
             horizontal line (task metrics only).
+        log_rate: bpp on a log axis (the axis the Bjøntegaard delta integrates over; it
+            also keeps the low rates, where the codecs differ most, readable).
 
     Returns the matplotlib axes.
     """
@@ -63,7 +65,9 @@ def plot_rd_curves(results, metric="bbox_map", ax=None, codecs=None, task=None,
     if reference and ref is not None:
         ax.axhline(ref, color="black", linestyle=":", linewidth=1.2,
                    label=f"uncompressed ({ref:.3f})")
-    ax.set_xlabel("bits per pixel (real bytes)")
+    if log_rate:
+        ax.set_xscale("log")
+    ax.set_xlabel("bits per pixel (real bytes" + (", log scale)" if log_rate else ")"))
     ax.set_ylabel(metric_label(metric))
     ds = results.get("dataset", {})
     ax.set_title(title or f"{metric_label(metric)} against rate — "

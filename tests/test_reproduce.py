@@ -21,6 +21,24 @@ def test_spread_settings():
     assert rp.spread([1, 2, 3], 5) == [1, 2, 3]
 
 
+def test_equal_quality_rates_interpolates_in_log_rate():
+    def codec(name, pts):
+        return {"name": name, "points": [{"bpp": b, "psnr": q} for b, q in pts]}
+
+    results = {"codecs": [codec("mse", [(0.2, 22.0), (0.5, 24.0)]),
+                          codec("a", [(0.1, 20.0), (0.4, 26.0)]),
+                          codec("b", [(0.6, 25.0), (0.9, 30.0)]),
+                          codec("c", [(0.01, 10.0), (0.02, 12.0)]),
+                          # a non-monotonic point is dropped (running-maximum frontier)
+                          codec("d", [(0.1, 20.0), (0.2, 19.0), (0.4, 28.0)])]}
+    out = rp.equal_quality_rates(results, "mse", ["a", "b", "c", "d"])
+    assert out["bpp"] == 0.5 and out["quality"] == 24.0
+    assert out["anchors"]["a"] == pytest.approx(0.1 * 4 ** (4 / 6))
+    assert out["anchors"]["b"].startswith("below its lowest setting")
+    assert out["anchors"]["c"].startswith("above its highest setting")
+    assert out["anchors"]["d"] == pytest.approx(0.1 * 4 ** (4 / 8))
+
+
 def test_budget_fields_in_presets():
     for name in ("ci", "cpu", "gpu"):
         p = get_preset(name)
