@@ -173,8 +173,8 @@ PRESETS = {
         # λ = 0.0018..0.013 every learned codec landed at 0.07-0.2 bpp, mAP 0.34-0.48
         # (uncompressed 0.59), below most anchors' lowest settings, so most BD-rates had
         # too little overlap (data/results/cpu at commit 006c17b); these reach higher.
-        # Budget (2 cores): MSE base 2000 steps ~9 min, 3 fine-tunes x 400 ~6 min, 16 ICM
-        # codecs of `icm reproduce` x 150 steps ~26 min (see icmlib.reproduce.CPU_BUDGET).
+        # Measured (2 cores): MSE base 2000 steps 10.6 min, 3 fine-tunes x 400 4.6 min, the
+        # 16 ICM codecs of `icm reproduce` x 150 steps 20.2 min (icmlib.reproduce.CPU_BUDGET).
         lr=1e-3, rd_lambdas=(0.0035, 0.0093, 0.025, 0.067),
         codec_steps=2000, codec_base_rate=2, codec_finetune_steps=400, icm_steps=150,
         icm_val_every=50,

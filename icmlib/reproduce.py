@@ -69,21 +69,21 @@ BUDGET_FIELDS = ("rd_lambdas", "codec_steps", "codec_base_rate", "codec_finetune
 
 REPRO_TASKS = ("detection", "instance")
 
-#: How the ``cpu`` preset's budget of about 45 minutes on 2 cores is spent. Step costs are
-#: those measured in the reproduction's own runs (``train_log.csv``, 2 threads): MSE codec
-#: ~0.27 s per step (8 x 64² crops), ICM codec ~0.65 s (4 x 128² crops + the task network);
-#: a task network's prediction costs ~0.07 CPU s per image. The real times of a run are in
-#: its ``summary.md`` and ``results.json`` (``extra.timings``). Task networks are shared
-#: with the rest of the book (train-or-load), so after chapter 7 they cost nothing here.
+#: How the ``cpu`` preset's budget of about 45 minutes on 2 cores is spent, as measured in
+#: the run committed under ``data/results/cpu`` (wall minutes from the codecs'
+#: ``train_log.csv``; the base codec's first minutes shared the CPU with another job). The
+#: real times of a run are in its ``summary.md`` and ``results.json`` (``extra.timings``).
+#: Task networks are shared with the rest of the book (train-or-load), so after chapter 7
+#: they cost nothing here.
 CPU_BUDGET = """\
-task networks (2, train-or-load, shared with chapter 7)         0 if cached (else ~2 x 10+ min)
-MSE base codec: 2000 steps from scratch at rate point 2            ~9 min
-3 MSE codecs fine-tuned to their λ from it, 400 steps each         ~6 min
-16 ICM codecs (2 tasks x 2 strategies x 4 rates), 150 steps each   ~26 min (from the MSE codec
+task networks (2, train-or-load, shared with chapter 7)         0 if cached (else ~10 min)
+MSE base codec: 2000 steps from scratch at rate point 2            10.6 min
+3 MSE codecs fine-tuned to their λ from it, 400 steps each          4.6 min
+16 ICM codecs (2 tasks x 2 strategies x 4 rates), 150 steps each   20.2 min (from the MSE codec
   of their rate; 3 validations on 16 images each)
-evaluation on 32 val images: 20 learned points (+ reference),      ~8 min
-  6 anchors x 6 settings, each on both task networks
-total (task networks cached)                                       ~49 min
+evaluation on 32 val images: 20 learned points (+ reference),      1.7 min (anchors cached);
+  6 anchors x 6 settings, each on both task networks                 4.2 min all of it
+total (task networks cached)                                       ~40 min
 """
 
 
