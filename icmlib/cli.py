@@ -22,6 +22,13 @@ def _preset_from(args):
 
 
 # ---- encode / decode / info ------------------------------------------------------------
+def _add_preset_option(parser) -> None:
+    """The ``--preset`` option every training or evaluating command shares."""
+    parser.add_argument("--preset", default=None,
+                        help="ci (seconds), cpu (toy world, minutes) or gpu (COCO); default: "
+                             "$ICM_PRESET, else gpu when CUDA is available, else cpu")
+
+
 def _add_codec_commands(sub) -> None:
     model_help = ("codec checkpoint to use (a file written by icmlib.codec.save_codec, e.g. by "
                   "'icm train'); default: the codec shipped with icmlib")
@@ -173,8 +180,7 @@ def _add_train_task_command(sub) -> None:
                     "are torchvision's COCO-pretrained models: they are loaded, not trained.")
     p.add_argument("--task", required=True, choices=["detection", "instance", "semantic"],
                    help="detection: Faster R-CNN; instance: Mask R-CNN; semantic: U-Net")
-    p.add_argument("--preset", default=None,
-                   help="ci, cpu or gpu (default: $ICM_PRESET, else picked from the hardware)")
+    _add_preset_option(p)
     p.add_argument("--steps", type=int, default=None,
                    help="training steps (default: the preset's task_steps / task_semantic_steps)")
     p.add_argument("--force", action="store_true",
@@ -226,9 +232,7 @@ def _add_train_command(sub) -> None:
                     "codec.pt (for icm encode/decode), train_log.csv (every loss term and "
                     "weight, every step) and val_log.csv (real bpp, PSNR, task metric) to --out. "
                     "Multi-GPU: 'torchrun --nproc_per_node N -m icmlib.cli train ...'.")
-    p.add_argument("--preset", default=None,
-                   help="ci (seconds), cpu (toy world, minutes) or gpu (COCO); default: "
-                        "$ICM_PRESET, else gpu when CUDA is available, else cpu")
+    _add_preset_option(p)
     p.add_argument("--task", default=None, choices=("detection", "instance", "semantic"),
                    help="the frozen task network an ICM codec serves (Faster R-CNN, Mask R-CNN "
                         "or U-Net); omit for the MSE baseline")
@@ -292,7 +296,7 @@ def _add_evaluate_commands(sub) -> None:
                     "decode them, and measure bpp, PSNR, MS-SSIM and the frozen task networks' "
                     "accuracy (COCO mAP); the uncompressed reference too. Writes a results "
                     "JSON (schema: icmlib.results) that 'icm evaluate --plot' and the book draw.")
-    p.add_argument("--preset", help="ci, cpu or gpu (default: $ICM_PRESET, else from the hardware)")
+    _add_preset_option(p)
     p.add_argument("--anchor", action="append", default=[], metavar="NAME",
                    help="a traditional anchor (jpeg, jpeg2000, webp, avif, hevc, av1, vvc); "
                         "repeatable")
@@ -320,7 +324,7 @@ def _add_evaluate_commands(sub) -> None:
                     "every available anchor, and write results.json, RD figures, the BD-rate "
                     "table (markdown + csv), the loss-weighting comparison and summary.md. "
                     "Resumable: a second run reuses everything the first trained and evaluated.")
-    r.add_argument("--preset", help="ci, cpu or gpu (default: $ICM_PRESET, else from the hardware)")
+    _add_preset_option(r)
     r.add_argument("--out", help="output folder (default: data/results/<preset>/)")
     r.add_argument("--force-evaluation", action="store_true",
                    help="evaluate again even when a cached evaluation exists")
