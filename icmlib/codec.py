@@ -105,15 +105,90 @@ class ICMCodec(MeanScaleHyperprior):
         N: channels inside the transforms.
         M: channels of the latent y (the main bitstream).
         blocks: extra residual blocks per stage (depth).
+        rates: 0 for a codec of one rate point (one λ). ``rates = R > 0`` makes a
+            **variable-rate** codec (Cui et al., "Asymmetric gained deep image
+            compression with continuous rate adaptation", CVPR 2021): one network
+            serves R rate points through a learned *gain vector* per rate, which scales
+            each channel of y before quantization (``y * gain[r]``: a larger gain means a
+            finer quantization step, more bits) and an *inverse gain* applied to ŷ before
+            the synthesis transform. Everything else is shared, so R codecs cost the
+            weights (and about the training) of one. Choose the rate with the ``rate=``
+            argument of ``forward``/``compress``/``decompress``, or use :func:`at_rate`
+            for an object with CompressAI's one-rate API.
     """
 
-    def __init__(self, N: int = 64, M: int = 96, blocks: int = 0):
+    def __init__(self, N: int = 64, M: int = 96, blocks: int = 0, rates: int = 0):
         super().__init__(N=N, M=M)
         self.g_a = analysis_transform(N, M, blocks)
         self.g_s = synthesis_transform(N, M, blocks)
         # h_s decides the CDFs: it must give bit-identical results in encoder and decoder
         self.h_s = _ReproducibleSequential(*self.h_s)
+        self.rates = int(rates)
+        if self.rates < 0:
+            raise ValueError(f"rates must be >= 0, got {rates}")
+        if self.rates:
+            self.gain = nn.Parameter(torch.ones(self.rates, M))
+            self.inv_gain = nn.Parameter(torch.ones(self.rates, M))
         self.config = {"N": N, "M": M, "blocks": blocks}
+        if self.rates:  # one-rate codecs keep the config (and file fingerprints) they had
+            self.config["rates"] = self.rates
+
+    # ---- the gains of a variable-rate codec ----------------------------------------------
+    def _gains(self, rate) -> Tuple[Any, Any]:
+        """(gain, inverse gain) shaped to multiply y of a batch; (None, None) for one rate.
+
+        ``rate`` is an int (the whole batch) or a LongTensor with one index per image.
+        """
+        if not self.rates:
+            if rate not in (None, 0):
+                raise ValueError(f"this codec has a single rate point; got rate={rate!r}")
+            return None, None
+        if rate is None:
+            raise ValueError(f"this variable-rate codec needs rate= (0..{self.rates - 1})")
+        index = torch.as_tensor(rate, device=self.gain.device).long().reshape(-1)
+        if index.min() < 0 or index.max() >= self.rates:
+            raise ValueError(f"rate {rate!r} out of range: this codec has rates 0..{self.rates - 1}")
+        return (self.gain[index][..., None, None], self.inv_gain[index][..., None, None])
+
+    def _analysis(self, x, rate):
+        y = self.g_a(x)
+        gain, _ = self._gains(rate)
+        return y if gain is None else y * gain
+
+    def _synthesis(self, y_hat, rate):
+        _, inv_gain = self._gains(rate)
+        return self.g_s(y_hat if inv_gain is None else y_hat * inv_gain)
+
+    # ---- CompressAI's MeanScaleHyperprior methods, with the gains --------------------------
+    def forward(self, x, rate=None):
+        y = self._analysis(x, rate)
+        z = self.h_a(y)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
+        y_hat, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
+        return {"x_hat": self._synthesis(y_hat, rate),
+                "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    def compress(self, x, rate=None):
+        y = self._analysis(x, rate)
+        z = self.h_a(y)
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
+        scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
+        indexes = self.gaussian_conditional.build_indexes(scales_hat)
+        y_strings = self.gaussian_conditional.compress(y, indexes, means=means_hat)
+        return {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}
+
+    def decompress(self, strings, shape, rate=None):
+        """CompressAI's ``decompress``; the same pixels whatever ``torch.get_num_threads()``."""
+        if not (isinstance(strings, (list, tuple)) and len(strings) == 2):
+            raise ValueError("decompress expects [y_strings, z_strings]")
+        with reproducible_convolutions():
+            z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
+            scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
+            indexes = self.gaussian_conditional.build_indexes(scales_hat)
+            y_hat = self.gaussian_conditional.decompress(strings[0], indexes, means=means_hat)
+            return {"x_hat": self._synthesis(y_hat, rate).clamp_(0, 1)}
 
     def update(self, scale_table=None, force=False, update_quantiles: bool = False):
         """Build the CDF tables for real coding (CompressAI's ``update``, finer scale table)."""
@@ -122,14 +197,10 @@ class ICMCodec(MeanScaleHyperprior):
         return super().update(scale_table=scale_table, force=force,
                                update_quantiles=update_quantiles)
 
-    def decompress(self, strings, shape):
-        """CompressAI's ``decompress``; the same pixels whatever ``torch.get_num_threads()``."""
-        with reproducible_convolutions():
-            return super().decompress(strings, shape)
-
     @classmethod
     def from_preset(cls, preset) -> "ICMCodec":
-        return cls(preset.codec_channels, preset.latent_channels, preset.codec_blocks)
+        rates = len(preset.rd_lambdas) if getattr(preset, "variable_rate", False) else 0
+        return cls(preset.codec_channels, preset.latent_channels, preset.codec_blocks, rates)
 
     @classmethod
     def from_state_dict(cls, state_dict, config: Dict[str, int]) -> "ICMCodec":
@@ -138,6 +209,56 @@ class ICMCodec(MeanScaleHyperprior):
         net.load_state_dict(state_dict)  # CompressAI resizes the CDF buffers as needed
         net.eval()
         return net
+
+
+class AtRate(nn.Module):
+    """One rate point of a variable-rate :class:`ICMCodec`, with the one-rate API.
+
+    ``forward(x)``, ``compress(x)``, ``decompress(strings, shape)``, ``update()`` behave as
+    a one-rate CompressAI model's, so evaluation, the ``.icm`` container and the anchors'
+    ``LearnedCodec`` need not know about rates. The weights are the shared codec's (no
+    copy); ``rate_index`` is a buffer, so :func:`fingerprint` differs per rate and a file
+    coded at one rate is never decoded at another.
+    """
+
+    def __init__(self, net: ICMCodec, rate: int):
+        super().__init__()
+        if not getattr(net, "rates", 0):
+            raise ValueError("AtRate needs a variable-rate ICMCodec (rates > 0)")
+        if not 0 <= int(rate) < net.rates:
+            raise ValueError(f"rate {rate} out of range: the codec has rates 0..{net.rates - 1}")
+        self.net = net
+        self.register_buffer("rate_index", torch.tensor(int(rate)))
+        self.config = dict(net.config)
+        self.meta = getattr(net, "meta", {})
+
+    @property
+    def rate(self) -> int:
+        return int(self.rate_index)
+
+    def forward(self, x):
+        return self.net(x, rate=self.rate)
+
+    def compress(self, x):
+        return self.net.compress(x, rate=self.rate)
+
+    def decompress(self, strings, shape):
+        return self.net.decompress(strings, shape, rate=self.rate)
+
+    def update(self, *args, **kwargs):
+        return self.net.update(*args, **kwargs)
+
+    def aux_loss(self):
+        return self.net.aux_loss()
+
+
+def at_rate(net: nn.Module, rate: int) -> nn.Module:
+    """``net`` itself for a one-rate codec (rate 0), else its :class:`AtRate` view."""
+    if getattr(net, "rates", 0):
+        return AtRate(net, rate)
+    if rate not in (0, None):
+        raise ValueError(f"the codec has a single rate point; got rate {rate}")
+    return net
 
 
 # --------------------------------------------------------------------------------------

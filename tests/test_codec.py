@@ -117,3 +117,66 @@ def test_load_codec_clear_errors(tmp_path):
     torch.save({"something": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an icmlib codec checkpoint"):
         load_codec(tmp_path / "other.pt")
+
+
+# ---- variable-rate codecs (gain vectors, Cui et al. 2021) ----------------------------------
+def test_one_rate_codec_codes_exactly_as_compressai_does(net):
+    """ICMCodec re-implements MeanScaleHyperprior's methods to add gains: with one rate
+    they must give CompressAI's own bytes and pixels."""
+    x = torch.rand(1, 3, 64, 64)
+    ours = net.compress(x)
+    theirs = MeanScaleHyperprior.compress(net, x)
+    assert ours["strings"] == theirs["strings"]
+    a = net.decompress(ours["strings"], ours["shape"])["x_hat"]
+    b = MeanScaleHyperprior.decompress(net, theirs["strings"], theirs["shape"])["x_hat"]
+    assert torch.equal(a, b)
+    assert "rates" not in net.config  # one-rate checkpoints keep their config and fingerprint
+
+
+def test_variable_rate_codec_gains_choose_the_rate():
+    from icmlib.codec import AtRate, at_rate
+
+    torch.manual_seed(0)
+    vr = ICMCodec(N=16, M=24, rates=3)
+    with torch.no_grad():
+        vr.gain.copy_(torch.tensor([1.0, 30.0, 300.0])[:, None].expand(3, 24))
+        vr.inv_gain.copy_(1 / vr.gain)
+    vr.update(force=True)
+    vr.eval()
+    x = torch.rand(1, 3, 64, 64)
+    sizes, views = [], [at_rate(vr, r) for r in range(3)]
+    for view in views:
+        enc = encode_image(view, x)
+        sizes.append(sum(len(s) for s in enc["strings"]))
+        dec = decode_image(view, enc["strings"], enc["shape"], enc["size"])
+        assert dec.shape == x.shape
+    assert sizes[0] < sizes[1] < sizes[2]  # a larger gain quantizes finer: more bytes
+    # the view is a one-rate model with its own fingerprint, so files never cross rates
+    assert isinstance(views[0], AtRate) and len({fingerprint(v) for v in views}) == 3
+    # a batch may mix rates: one index per image
+    out = vr(torch.rand(2, 3, 64, 64), rate=torch.tensor([0, 2]))
+    assert out["x_hat"].shape == (2, 3, 64, 64)
+
+
+def test_variable_rate_codec_clear_errors():
+    from icmlib.codec import at_rate
+
+    vr = ICMCodec(N=8, M=8, rates=2)
+    with pytest.raises(ValueError, match="needs rate="):
+        vr(torch.rand(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="out of range"):
+        vr(torch.rand(1, 3, 64, 64), rate=2)
+    with pytest.raises(ValueError, match="out of range"):
+        at_rate(vr, 5)
+    with pytest.raises(ValueError, match="single rate"):
+        ICMCodec(N=8, M=8)(torch.rand(1, 3, 64, 64), rate=1)
+
+
+def test_variable_rate_checkpoint_roundtrip(tmp_path):
+    vr = ICMCodec(N=8, M=8, rates=2)
+    with torch.no_grad():
+        vr.gain.mul_(2.0)
+    save_codec(vr, tmp_path / "vr.pt")
+    back = load_codec(tmp_path / "vr.pt")
+    assert back.rates == 2 and back.config == {"N": 8, "M": 8, "blocks": 0, "rates": 2}
+    assert torch.equal(back.gain, vr.gain)
