@@ -246,6 +246,15 @@ def _as_indexes(indexes, n: int, n_tables: int) -> np.ndarray:
     return idx
 
 
+def _check_symbols(sym: np.ndarray, idx: np.ndarray, tables: List[np.ndarray]) -> None:
+    """Every symbol must own slots in its table (``0 <= s < len(cdf) - 1``)."""
+    n_symbols = np.array([len(c) - 1 for c in tables])
+    if sym.size and (sym.min() < 0 or np.any(sym >= n_symbols[idx])):
+        bad = int(np.flatnonzero((sym < 0) | (sym >= n_symbols[idx]))[0])
+        raise RansError(f"symbol {sym[bad]} at position {bad} is outside its table "
+                        f"[0, {n_symbols[idx[bad]]})")
+
+
 def encode(symbols: ArrayLike, cdfs, indexes: Optional[ArrayLike] = None,
            precision: int = PRECISION, **coder_args) -> bytes:
     """rANS-code ``symbols`` (integers ``0 <= s < len(cdf) - 1``).
@@ -256,11 +265,7 @@ def encode(symbols: ArrayLike, cdfs, indexes: Optional[ArrayLike] = None,
     sym = np.asarray(symbols, dtype=np.int64).reshape(-1)
     tables = _as_tables(cdfs, precision)
     idx = _as_indexes(indexes, sym.size, len(tables))
-    n_symbols = np.array([len(c) - 1 for c in tables])
-    if sym.size and (sym.min() < 0 or np.any(sym >= n_symbols[idx])):
-        bad = int(np.flatnonzero((sym < 0) | (sym >= n_symbols[idx]))[0])
-        raise RansError(f"symbol {sym[bad]} at position {bad} is outside its table "
-                        f"[0, {n_symbols[idx[bad]]})")
+    _check_symbols(sym, idx, tables)
     # Vectorised look-up of every symbol's slot range; only the state update loops.
     width = max(len(c) for c in tables)
     table = np.zeros((len(tables), width), dtype=np.int64)
@@ -432,10 +437,15 @@ class use_icmlib_ans:
 
 def ideal_bits(symbols: ArrayLike, cdfs, indexes: Optional[ArrayLike] = None,
                precision: int = PRECISION) -> float:
-    """Σ -log2 p(s) under the *quantized* tables: what an ideal coder would spend."""
+    """Σ -log2 p(s) under the *quantized* tables: what an ideal coder would spend.
+
+    A symbol outside its table raises ``RansError``, as ``encode`` does: it has no
+    probability, and indexing past the table would give inf or nan bits.
+    """
     sym = np.asarray(symbols, dtype=np.int64).reshape(-1)
     tables = _as_tables(cdfs, precision)
     idx = _as_indexes(indexes, sym.size, len(tables))
+    _check_symbols(sym, idx, tables)
     width = max(len(c) for c in tables)
     table = np.zeros((len(tables), width), dtype=np.int64)
     for i, c in enumerate(tables):

@@ -185,3 +185,13 @@ def test_compressai_adapter_validates_tables():
         ans.encode_with_indexes([0], [1], cdfs, [3], [0])               # no table 1
     with pytest.raises(ans.RansError):
         ans.encode_with_indexes([0], [0], cdfs, [2], [0])               # no room for escape
+
+
+@pytest.mark.parametrize("bad", [-1, 4, 5])
+def test_ideal_bits_refuses_symbols_outside_the_table_as_encode_does(bad):
+    """An out-of-range symbol has no probability: a clear error, not inf or nan bits."""
+    cdf = ans.quantize_cdf([0.4, 0.3, 0.2, 0.1])
+    with pytest.raises(ans.RansError, match="outside its table"):
+        ans.encode([0, bad], cdf)
+    with pytest.raises(ans.RansError, match="outside its table"):
+        ans.ideal_bits([0, bad], cdf)
