@@ -198,8 +198,7 @@ class ICMCodec(MeanScaleHyperprior):
                                update_quantiles=update_quantiles)
 
     @classmethod
-    def from_preset(cls, preset) -> "ICMCodec":
-        rates = len(preset.rd_lambdas) if getattr(preset, "variable_rate", False) else 0
+    def from_preset(cls, preset, rates: int = 0) -> "ICMCodec":
         return cls(preset.codec_channels, preset.latent_channels, preset.codec_blocks, rates)
 
     @classmethod
@@ -286,10 +285,12 @@ def crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x[..., :height, :width]
 
 
-def run_codec(net: nn.Module, x: torch.Tensor) -> Dict:
-    """``net.forward`` on an image batch of any size; ``x_hat`` is cropped back to ``x``."""
+def run_codec(net: nn.Module, x: torch.Tensor, rate=None) -> Dict:
+    """``net.forward`` on an image batch of any size; ``x_hat`` is cropped back to ``x``.
+
+    ``rate``: the rate point of a variable-rate codec (an int, or one per image)."""
     h, w = x.shape[-2:]
-    out = net(pad(x))
+    out = net(pad(x)) if rate is None else net(pad(x), rate=rate)
     out["x_hat"] = crop(out["x_hat"], h, w)
     return out
 

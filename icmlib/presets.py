@@ -31,6 +31,7 @@ class Preset:
     val_images: int = 64
     max_objects: int = 4
     world_seed: int = 0
+    test_images: int = 128              # the test split: reported numbers only, chooses nothing
 
     # --- the codec -------------------------------------------------------------------
     codec_channels: int = 64            # N: channels of the transforms
@@ -43,6 +44,10 @@ class Preset:
     # codecs at the other rates fine-tuned from it (codec_finetune_steps); every ICM codec
     # fine-tuned from the MSE codec of its rate (icm_steps). codec_base_rate = -1: every
     # MSE codec from scratch (codec_steps each).
+    # variable_rate: one codec per (task, strategy) serves every rate point through learned
+    # gain vectors (icmlib.codec.ICMCodec(rates=R), Cui et al. 2021): it is trained from the
+    # base MSE codec for codec_finetune_steps (MSE) or icm_steps (ICM), the rates taking turns.
+    variable_rate: bool = False
     codec_steps: int = 3000             # steps for an MSE (human-vision) codec from scratch
     codec_base_rate: int = 1
     codec_finetune_steps: int = 300

@@ -66,10 +66,10 @@ import torch.nn as nn
 
 from . import losses
 from .cache import atomic_save, cache_dir, config_key, shown_path, train_or_load
-from .codec import (ICMCodec, codec_checkpoint, decode_image, encode_image, load_codec,
-                    quantized_image, run_codec, save_codec)
+from .codec import (ICMCodec, at_rate, codec_checkpoint, decode_image, encode_image,
+                    load_codec, quantized_image, run_codec, save_codec)
 from .presets import Preset, get_preset
-from .weighting import STRATEGIES, WeightingStrategy, make_strategy
+from .weighting import STRATEGIES, WeightingStrategy, make_strategy, rate_at
 
 #: Bump when the training procedure changes, so cached codecs are retrained.
 TRAIN_VERSION = "1"
@@ -92,12 +92,19 @@ class TrainingDiverged(RuntimeError):
 # Small pieces
 # --------------------------------------------------------------------------------------
 
+#: ``rate_index`` of a variable-rate codec: it serves every rate point of the preset
+ALL_RATES = "all"
+
+
 def resolve_rate(preset: Preset, rate: Union[int, float, str]) -> Tuple[Optional[int], float]:
     """``(rate_index, λ)`` from an index into ``preset.rd_lambdas`` or an explicit λ.
 
     An int (or a string of digits) is an index; a float (or a string with a ``.`` or an
     exponent) is λ itself, the weight of the MSE term in ``L = R + λ·255²·MSE``.
+    ``"all"`` (:data:`ALL_RATES`) asks for a variable-rate codec: ``("all", [λ...])``.
     """
+    if rate == ALL_RATES:
+        return ALL_RATES, [float(l) for l in preset.rd_lambdas]
     if isinstance(rate, str):
         text = rate.strip()
         try:
@@ -413,20 +420,44 @@ def _state_hash(state_dict: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def _build_net(preset: Preset, init_from) -> ICMCodec:
+def _build_net(preset: Preset, init_from, lambdas=None) -> ICMCodec:
+    """The codec a run starts from: random, or a copy of ``init_from``.
+
+    ``lambdas`` (a list) builds a variable-rate codec; it may start from a one-rate codec
+    of the same architecture (see :func:`_gains_from_one_rate`).
+    """
+    rates = len(lambdas) if isinstance(lambdas, list) else 0
+    net = ICMCodec.from_preset(preset, rates)
     if init_from is None:
-        return ICMCodec.from_preset(preset)
-    if isinstance(init_from, nn.Module):
-        src = init_from
+        return net
+    src = init_from if isinstance(init_from, nn.Module) else load_codec(init_from)
+    src_config = dict(getattr(src, "config", None) or {})
+    if src_config != net.config and not (rates and src_config == _one_rate(net.config)):
+        raise ValueError(f"init_from codec has architecture {src_config or None}, but preset "
+                         f"{preset.name!r} builds {net.config}; start from a codec of this preset")
+    if src_config == net.config:
+        net.load_state_dict(src.state_dict())
     else:
-        src = load_codec(init_from)
-    want = ICMCodec.from_preset(preset).config
-    if getattr(src, "config", None) != want:
-        raise ValueError(f"init_from codec has architecture {getattr(src, 'config', None)}, but "
-                         f"preset {preset.name!r} builds {want}; start from a codec of this preset")
-    net = ICMCodec(**want)
-    net.load_state_dict(src.state_dict())
+        net.load_state_dict(src.state_dict(), strict=False)  # all but the gains
+        _gains_from_one_rate(net, lambdas, (getattr(src, "meta", None) or {}).get("rate"))
     return net
+
+
+def _one_rate(config: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "rates"}
+
+
+def _gains_from_one_rate(net: ICMCodec, lambdas: List[float], source_lambda) -> None:
+    """Start a variable-rate codec's gains where a one-rate codec trained at
+    ``source_lambda`` would put them: at high rate, D ∝ Δ² and the best step Δ ∝ λ^-1/2,
+    so gain_r = √(λ_r / λ_source) (and the inverse gain its reciprocal)."""
+    if not source_lambda:
+        return  # unknown rate: gains of 1, training finds them
+    with torch.no_grad():
+        for r, lam in enumerate(lambdas):
+            g = math.sqrt(float(lam) / float(source_lambda))
+            net.gain[r].fill_(g)
+            net.inv_gain[r].fill_(1.0 / g)
 
 
 def _entropy_models_in_fp32(net: nn.Module) -> None:
@@ -527,6 +558,7 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
         raise ValueError(f"strategy {strategy!r} trains an ICM codec: it needs a task "
                          f"('detection', 'instance' or 'semantic')")
     rate_index, lmbda = resolve_rate(preset, rate_index)
+    rates = len(lmbda) if rate_index == ALL_RATES else 0
     steps = int(steps if steps is not None else (preset.icm_steps if task else preset.codec_steps))
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -556,7 +588,7 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
 
     # ---- model, task, optimizers, strategy -------------------------------------------
     torch.manual_seed(seed)
-    net = _build_net(preset, init_from).to(device)
+    net = _build_net(preset, init_from, lmbda).to(device)
     net.train()
     if use_amp:
         _entropy_models_in_fp32(net)
@@ -633,8 +665,9 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
     if progress and is_main:
         from tqdm.auto import tqdm
         what = f"{task} codec, {strategy}" if task else "MSE codec"
+        shown = f"{len(lmbda)} rates" if rates else f"λ={lmbda:g}"
         bar = tqdm(total=steps, initial=start, unit="step",
-                   desc=f"train {what}, λ={lmbda:g} ({preset.name})")
+                   desc=f"train {what}, {shown} ({preset.name})")
 
     def save_checkpoint(step_done: int) -> None:
         rngs = _all_gather_object(_rng_state(train_ds), distributed)
@@ -649,12 +682,18 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
         if is_main:
             with _isolated_rng():
                 net.update(force=True)
-                metrics = validate_codec(net, val_ds, preset.train_val_images, frozen, task, device)
-            row = {"step": step_done, **metrics}
-            val_log.write(row)
-            if writer is not None:
-                for k, v in metrics.items():
-                    writer.add_scalar(f"val/{k}", v, step_done)
+                # a variable-rate codec is validated at every rate point: one row each
+                for r in (range(rates) if rates else [None]):
+                    view = net if r is None else at_rate(net, r)
+                    metrics = validate_codec(view, val_ds, preset.train_val_images, frozen,
+                                             task, device)
+                    row = {"step": step_done, **({} if r is None else {"rate_index": r}),
+                           **metrics}
+                    val_log.write(row)
+                    if writer is not None:
+                        suffix = "" if r is None else f"_r{r}"
+                        for k, v in metrics.items():
+                            writer.add_scalar(f"val{suffix}/{k}", v, step_done)
             if bar is not None:
                 bar.write(f"step {step_done}: " + _describe_terms(
                     {k: v for k, v in metrics.items() if k in ("bpp", "bpp_estimate", "psnr", "task_score")}))
@@ -670,13 +709,14 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
         while step < steps:
             x, targets = next(stream)
             x = x.to(device, non_blocking=True)
+            r = rate_at(step, rates) if rates else None  # variable rate: rates take turns
             if frozen is not None:
                 targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()}
                            for t in targets]
             main_opt.zero_grad(set_to_none=True)
             aux_opt.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                out = run_codec(model, x)
+                out = run_codec(model, x, rate=r)
                 terms = losses.loss_terms(out, x, frozen, targets)
             values = {k: float(v.detach()) for k, v in terms.items()}
             values = _all_mean(values, distributed, device)
@@ -715,6 +755,8 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
                    "w_rate": w["rate"], "w_mse": w["mse"], "w_task": w["task"],
                    "psnr": losses.psnr_from_mse(values["mse"]),
                    "aux_loss": float(aux_loss.detach()), "grad_norm": grad_norm}
+            if rates:
+                row["rate_index"] = r
             row.update({k: v for k, v in values.items() if k.startswith("task/")})
             t_last = now
             if is_main:
@@ -771,13 +813,16 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
 # --------------------------------------------------------------------------------------
 
 def codec_parent(preset: Union[Preset, str, None] = None, task: Optional[str] = None,
-                 rate_index: Union[int, float] = 0) -> Optional[Tuple[None, str, Union[int, float]]]:
+                 rate_index: Union[int, float, str] = 0
+                 ) -> Optional[Tuple[None, str, Union[int, float, str]]]:
     """The codec this one is fine-tuned from, as ``(task, strategy, rate)``, or ``None``.
 
     The recipe (the preset's fields): an ICM codec starts from the MSE codec at its own
-    rate (``icm_init_from_mse``); an MSE codec at a rate other than ``codec_base_rate``
-    starts from the MSE codec at that rate; the base MSE codec (or every MSE codec when
-    ``codec_base_rate = -1``) starts from random weights.
+    rate (``icm_init_from_mse``; for a variable-rate ICM codec, the variable-rate MSE
+    codec); an MSE codec at a rate other than ``codec_base_rate`` -- or the variable-rate
+    MSE codec (rate ``"all"``) -- starts from the one-rate MSE codec at the base rate; the
+    base MSE codec (or every MSE codec when ``codec_base_rate = -1``) starts from random
+    weights.
     """
     preset = get_preset(preset)
     index, lmbda = resolve_rate(preset, rate_index)
@@ -800,21 +845,34 @@ def default_steps(preset: Preset, task: Optional[str], parent) -> int:
     return int(preset.codec_finetune_steps if parent is not None else preset.codec_steps)
 
 
+def recipe_rate(preset: Preset, rate_index: Union[int, float, str]) -> Union[int, float, str]:
+    """Which codec serves a request for ``rate_index``: on a ``variable_rate`` preset, one
+    codec (rate ``"all"``) serves every rate point; an explicit λ is always a codec of its own."""
+    if preset.variable_rate and isinstance(rate_index, (int, np.integer)) and not isinstance(
+            rate_index, bool):
+        return ALL_RATES
+    return rate_index
+
+
 def codec_config(preset: Union[Preset, str, None] = None, task: Optional[str] = None,
-                 strategy: str = "mse", rate_index: Union[int, float] = 0,
+                 strategy: str = "mse", rate_index: Union[int, float, str] = 0,
                  steps: Optional[int] = None) -> Dict[str, Any]:
     """Every setting that determines the codec ``codec_for`` returns: its cache key.
 
     Includes the task network's own configuration (a retrained task network gives other
     codecs) and the configuration of the codec it is fine-tuned from (:func:`codec_parent`).
     """
+    preset = get_preset(preset)
+    return _codec_config(preset, task, strategy, recipe_rate(preset, rate_index), steps)
+
+
+def _codec_config(preset: Preset, task, strategy, rate_index, steps) -> Dict[str, Any]:
     from .data import world_config
 
-    preset = get_preset(preset)
     rate_index, lmbda = resolve_rate(preset, rate_index)
     parent = codec_parent(preset, task, lmbda if rate_index is None else rate_index)
     steps = int(steps if steps is not None else default_steps(preset, task, parent))
-    init = None if parent is None else codec_config(preset, *parent)
+    init = None if parent is None else _codec_config(preset, *parent, None)
     cfg = _run_config(preset, task, strategy, rate_index, lmbda, steps, preset.train_seed, init)
     if task is not None:
         from .tasks import task_config
@@ -825,24 +883,31 @@ def codec_config(preset: Union[Preset, str, None] = None, task: Optional[str] = 
 
 
 def codec_run(preset: Union[Preset, str, None] = None, task: Optional[str] = None,
-              strategy: str = "mse", rate_index: Union[int, float] = 0, *,
+              strategy: str = "mse", rate_index: Union[int, float, str] = 0, *,
               progress: bool = True, force: bool = False,
               steps: Optional[int] = None) -> Dict[str, Any]:
     """Train-or-load the codec's checkpoint dict, logs included (see :func:`train_codec`).
 
     The run folder is ``$ICM_CACHE/runs/codec/<key>``: an interrupted training resumes
     from its last checkpoint the next time, and its CSV logs stay there. A codec that is
-    fine-tuned (:func:`codec_parent`) has its parent trained or loaded first.
+    fine-tuned (:func:`codec_parent`) has its parent trained or loaded first. On a
+    ``variable_rate`` preset a rate index gives the one variable-rate codec
+    (:func:`recipe_rate`).
     """
     preset = get_preset(preset)
-    cfg = codec_config(preset, task, strategy, rate_index, steps)
+    return _codec_run(preset, task, strategy, recipe_rate(preset, rate_index), progress,
+                      force, steps)
+
+
+def _codec_run(preset: Preset, task, strategy, rate_index, progress, force, steps):
+    cfg = _codec_config(preset, task, strategy, rate_index, steps)
     run_dir = cache_dir("runs", "codec", config_key(cfg))
 
     def train():
         init = None
         parent = codec_parent(preset, task, rate_index)
         if parent is not None:
-            init = codec_run(preset, *parent, progress=progress)
+            init = _codec_run(preset, *parent, progress, False, None)
             init = {k: init[k] for k in ("format", "config", "state_dict", "meta")}
         return train_codec(preset, task, strategy, rate_index, steps=cfg["steps"],
                            out_dir=run_dir, resume=not force, progress=progress, init_from=init,
@@ -852,16 +917,28 @@ def codec_run(preset: Union[Preset, str, None] = None, task: Optional[str] = Non
     return train_or_load("codec", cfg, train, force=force, verbose=progress)
 
 
+def logs_at_rate(logs: Mapping[str, List[Dict[str, float]]], rate: int) -> Dict[str, list]:
+    """The rows of a variable-rate codec's logs that belong to rate point ``rate``."""
+    return {name: [row for row in rows if row.get("rate_index", rate) == rate]
+            for name, rows in logs.items()}
+
+
 def codec_for(preset: Union[Preset, str, None] = None, task: Optional[str] = None,
               strategy: str = "mse", rate_index: Union[int, float] = 0, *,
-              progress: bool = True, force: bool = False) -> ICMCodec:
+              progress: bool = True, force: bool = False) -> nn.Module:
     """The trained codec (eval mode, CDF tables built), trained now or loaded from the cache.
 
     ``task=None, strategy="mse"`` is the human-vision baseline; with a task, ``"fixed"``,
     ``"dynamic"`` or ``"auto"`` gives an ICM codec. ``net.meta`` says how it was made and
-    ``net.logs`` holds its training and validation logs.
+    ``net.logs`` holds its training and validation logs. On a ``variable_rate`` preset it
+    is the variable-rate codec's view at ``rate_index`` (:class:`icmlib.codec.AtRate`),
+    which codes like a one-rate codec.
     """
     ckpt = codec_run(preset, task, strategy, rate_index, progress=progress, force=force)
     net = load_codec(ckpt)
-    net.logs = ckpt.get("logs", {})
+    logs = ckpt.get("logs", {})
+    if getattr(net, "rates", 0):
+        net = at_rate(net, int(rate_index))
+        logs = logs_at_rate(logs, int(rate_index))
+    net.logs = logs
     return net

@@ -277,12 +277,21 @@ class Magnitude(WeightingStrategy):
                 f"distortion term ÷ its running size (β={self.momentum:g}); shares {shares}")
 
 
-def make_strategy(name: str, lmbda: float, total_steps: int, task: bool, preset) -> WeightingStrategy:
+def make_strategy(name: str, lmbda, total_steps: int, task: bool, preset) -> WeightingStrategy:
     """Build strategy ``name`` for rate point λ with the preset's constants.
 
     ``task`` says whether a task network is attached; ``"mse"`` must not have one and
-    the ICM strategies must.
+    the ICM strategies must. ``lmbda`` may be a sequence of λ (a variable-rate codec):
+    the result is a :class:`PerRate` with one strategy per rate point.
     """
+    if isinstance(lmbda, (list, tuple)):
+        cycle = len(lmbda)
+        return PerRate([_make_one(name, l, total_steps, task, preset, cycle) for l in lmbda])
+    return _make_one(name, lmbda, total_steps, task, preset, 1)
+
+
+def _make_one(name: str, lmbda: float, total_steps: int, task: bool, preset,
+              cycle: int) -> WeightingStrategy:
     if name not in STRATEGIES:
         raise ValueError(f"unknown weighting strategy {name!r}; choose one of {STRATEGIES}")
     if name == "mse":
@@ -302,8 +311,41 @@ def make_strategy(name: str, lmbda: float, total_steps: int, task: bool, preset)
                              "it needs a task ('detection', 'instance' or 'semantic')")
         return Dynamic(lmbda, total_steps, tau, mu, preset.weighting_warmup,
                        preset.weighting_ramp_end)
-    calib = max(1, int(round(preset.weighting_warmup * total_steps)))
+    # auto calibrates on its own steps: with ``cycle`` rate points it sees 1 step in cycle
+    calib = max(1, int(round(preset.weighting_warmup * total_steps / cycle)))
     return Magnitude(lmbda, task, tau, mu, calib_steps=calib, momentum=preset.auto_momentum)
+
+
+def rate_at(step: int, rates: int) -> int:
+    """The rate point a variable-rate codec trains at step ``step``: they take turns."""
+    return int(step) % int(rates)
+
+
+class PerRate(WeightingStrategy):
+    """The weighting of a variable-rate codec: one strategy per rate point, each used on
+    the steps that train its rate (:func:`rate_at`). The schedules (``dynamic``) run on
+    the global step, so every rate point hands over from MSE to the task together."""
+
+    def __init__(self, strategies: Sequence[WeightingStrategy]):
+        if not strategies:
+            raise ValueError("PerRate needs at least one strategy")
+        self.strategies = list(strategies)
+        self.name = self.strategies[0].name
+        self.uses_task = self.strategies[0].uses_task
+
+    def weights(self, step: int, terms: Mapping[str, float]) -> Dict[str, float]:
+        return self.strategies[rate_at(step, len(self.strategies))].weights(step, terms)
+
+    def state_dict(self) -> Dict:
+        return {"per_rate": [s.state_dict() for s in self.strategies]}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        for s, st in zip(self.strategies, state["per_rate"]):
+            s.load_state_dict(st)
+
+    def describe(self) -> str:
+        return (f"{len(self.strategies)} rate points taking turns, each: "
+                + "; ".join(s.describe() for s in self.strategies))
 
 
 def schedule(strategy: WeightingStrategy, total_steps: int,

@@ -216,6 +216,41 @@ def test_codec_recipe_fine_tunes_from_the_base_codec():
     assert icm["meta"]["init_from"] == f"codec:{_state_hash(low['state_dict'])}"
 
 
+def test_variable_rate_recipe_one_codec_serves_every_rate():
+    """variable_rate: the MSE codec for all rates starts from the one-rate base codec (gains
+    set from λ), the ICM codec from it; the rates take turns, each is validated, and
+    codec_for returns a one-rate view of the shared weights."""
+    import math
+
+    from icmlib.codec import AtRate
+    from icmlib.train import codec_config, codec_parent, codec_run
+
+    p = ci(variable_rate=True, codec_steps=4, codec_finetune_steps=4, icm_steps=4,
+           codec_base_rate=1, checkpoint_every=4, val_every=4, icm_val_every=4)
+    assert codec_parent(p, None, "all") == (None, "mse", 1)
+    assert codec_parent(p, "detection", "all") == (None, "mse", "all")
+    # every rate index asks for the same (variable-rate) codec; an explicit λ does not
+    assert codec_config(p, None, "mse", 0) == codec_config(p, None, "mse", 3)
+    assert codec_config(p, None, "mse", 0.01) != codec_config(p, None, "mse", 0)
+    base = codec_run(p.replace(variable_rate=False), None, "mse", 1, progress=False)
+    vr = codec_run(p, None, "mse", 2, progress=False)
+    assert vr["config"]["rates"] == len(p.rd_lambdas) and vr["meta"]["rate_index"] == "all"
+    rates = [row["rate_index"] for row in vr["logs"]["train"]]
+    assert rates == [0, 1, 2, 3]
+    assert sorted(row["rate_index"] for row in vr["logs"]["val"]) == [0, 1, 2, 3]
+    lam = p.rd_lambdas
+    gain0 = vr["state_dict"]["gain"][0]  # started at sqrt(λ0/λ_base), moved by 4 steps
+    assert abs(float(gain0.mean()) - math.sqrt(lam[0] / lam[1])) < 0.05
+    assert vr["meta"]["init_from"] is not None and base["meta"]["init_from"] is None
+    views = [codec_for(p, None, "mse", r, progress=False) for r in range(len(lam))]
+    assert all(isinstance(v, AtRate) for v in views)
+    assert views[0].net is not views[1].net or views[0].rate != views[1].rate
+    assert [len(v.logs["val"]) for v in views] == [1, 1, 1, 1]
+    icm = codec_run(p, "detection", "dynamic", 0, progress=False)
+    assert icm["config"]["rates"] == len(lam) and "per_rate" not in icm["meta"]["weighting"]
+    assert len(icm["logs"]["val"]) == len(lam) and "task_score" in icm["logs"]["val"][0]
+
+
 def test_cli_train_and_errors(tmp_path, capsys):
     from icmlib.cli import main
 
