@@ -621,6 +621,9 @@ def unpack_strings(data: bytes) -> Tuple[int, Tuple[int, int], Tuple[int, int], 
         raise ValueError(f"not a learned-codec bitstream: only {len(data)} bytes")
     index, h, w, zh, zw, n = _LEARNED_HEAD.unpack_from(data)
     pos = _LEARNED_HEAD.size
+    if len(data) < pos + 4 * n:
+        raise ValueError(f"learned-codec bitstream is truncated: {len(data)} bytes, its header "
+                         f"names {n} streams whose lengths alone need {pos + 4 * n}")
     lengths = [struct.unpack_from(">I", data, pos + 4 * i)[0] for i in range(n)]
     pos += 4 * n
     strings = []

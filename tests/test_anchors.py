@@ -253,6 +253,14 @@ def test_pack_strings_roundtrip():
         unpack_strings(data[:-1])
 
 
+def test_unpack_strings_every_truncation_is_a_clear_error():
+    """Cut anywhere, even inside the stream lengths: ValueError, never struct.error."""
+    data = pack_strings(2, (45, 71), (1, 2), [b"abc", b"", b"de"])
+    for length in range(len(data)):
+        with pytest.raises(ValueError, match="truncated|not a learned-codec bitstream"):
+            unpack_strings(data[:length])
+
+
 @pytest.fixture(scope="module")
 def toy_nets():
     from icmlib.codec import ICMCodec
