@@ -308,7 +308,7 @@ def _add_evaluate_commands(sub) -> None:
                    help="anchor settings to use (default: each anchor's own list)")
     p.add_argument("--tasks", nargs="+", default=["detection", "instance"],
                    choices=["detection", "instance", "semantic"])
-    p.add_argument("--images", type=int, help="evaluate on the first N validation images "
+    p.add_argument("--images", type=int, help="evaluate on the first N test images "
                                               "(default: preset.eval_images)")
     p.add_argument("--out", default="results.json",
                    help="results JSON to write; codecs are added to it if it exists and was "
@@ -375,7 +375,7 @@ def _cmd_evaluate(args) -> int:
     if not codecs:
         raise CLIError("none of the requested codecs can run here (see the messages above)")
     progress = not args.quiet
-    dataset = subset(dataset_for(preset, split="val"), args.images or preset.eval_images)
+    dataset = subset(dataset_for(preset, split="test"), args.images or preset.eval_images)
     out = Path(args.out)
     results = None
     if out.exists():

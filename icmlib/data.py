@@ -91,6 +91,10 @@ NUM_CLASSES: int = len(CATEGORIES) + 1
 #: if it puts this in its cache key) are rebuilt.
 WORLD_VERSION = "1"
 
+#: The synthetic world's splits. ``test`` is drawn from its own random stream and used only
+#: for reported numbers: steps, λ and loss weights are chosen on ``train``/``val``.
+SYNTHETIC_SPLITS = ("train", "val", "test")
+
 # Generator constants (fractions are of the image side).
 _SUPERSAMPLE = 4            # polygons are drawn at 4x and box-filtered down: anti-aliasing
 _SIZE_RANGE = (0.12, 0.45)  # object extent (circumscribed diameter) / image side
@@ -353,9 +357,10 @@ def world_config(preset: Union[Preset, str, None] = None, split: str = "train") 
     trained on one world is never reused on another.
     """
     preset = get_preset(preset)
-    if split not in ("train", "val"):
-        raise ValueError(f"unknown split {split!r}; the synthetic world has 'train' and 'val'")
-    num = preset.train_images if split == "train" else preset.val_images
+    sizes = {"train": preset.train_images, "val": preset.val_images, "test": preset.test_images}
+    if split not in sizes:
+        raise ValueError(f"unknown split {split!r}; the synthetic world has {sorted(sizes)}")
+    num = sizes[split]
     return {"generator": "icmlib.data.generate_world", "version": WORLD_VERSION,
             "split": split, "num_images": int(num), "image_size": int(preset.image_size),
             "max_objects": int(preset.max_objects), "seed": int(preset.world_seed)}
@@ -374,7 +379,7 @@ def _world_is_complete(ann_file: Path, config: Dict[str, Any]) -> bool:
 
 def synthetic_world(preset: Union[Preset, str, None] = None, split: str = "train",
                     *, progress: bool = True) -> Tuple[Path, Path]:
-    """The synthetic world of ``preset`` (``split`` "train" or "val"), generated on first
+    """The synthetic world of ``preset`` (``split`` "train", "val" or "test"), generated on first
     use and cached under ``$ICM_CACHE/data/synthetic-<key>``; returns
     ``(image_dir, ann_file)``.
 
@@ -748,11 +753,13 @@ def coco_root(root: Optional[PathLike] = None) -> Path:
 
 
 def _coco_split_name(split: str) -> str:
-    names = {"train": "train2017", "val": "val2017", "train2017": "train2017",
-             "val2017": "val2017"}
+    # COCO's test2017 has no public annotations: like the paper, report on val2017 (the
+    # gpu preset chooses nothing on it: its recipe comes from the cpu study)
+    names = {"train": "train2017", "val": "val2017", "test": "val2017",
+             "train2017": "train2017", "val2017": "val2017"}
     if split not in names:
-        raise ValueError(f"unknown COCO split {split!r}; use 'train' or 'val' "
-                         f"(train2017 / val2017)")
+        raise ValueError(f"unknown COCO split {split!r}; use 'train', 'val' or 'test' "
+                         f"(train2017 / val2017 / val2017)")
     return names[split]
 
 
@@ -848,8 +855,8 @@ def dataset_for(preset: Union[Preset, str, None] = None, split: str = "train",
         train = split in ("train", "train2017")
     crop = preset.crop_size if train else None
     if preset.dataset == "synthetic":
-        if split not in ("train", "val"):
-            raise ValueError(f"unknown split {split!r}; use 'train' or 'val'")
+        if split not in SYNTHETIC_SPLITS:
+            raise ValueError(f"unknown split {split!r}; use one of {SYNTHETIC_SPLITS}")
         image_dir, ann_file = synthetic_world(preset, split)
         return CocoDataset(image_dir, ann_file, crop_size=crop, train=train, seed=seed)
     if preset.dataset == "coco":

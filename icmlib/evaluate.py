@@ -193,7 +193,7 @@ def reference_accuracy(tasks: Iterable[str] = DEFAULT_TASKS, dataset=None, *, pr
 def _eval_dataset(preset):
     from icmlib.data import dataset_for
 
-    return subset(dataset_for(preset, split="val"), preset.eval_images)
+    return subset(dataset_for(preset, split="test"), preset.eval_images)
 
 
 # ---- codecs -------------------------------------------------------------------------------
@@ -342,8 +342,9 @@ def evaluate_codec(codec, settings: Optional[Sequence[Any]] = None, dataset=None
         codec: anything with ``name``, ``encode(image, setting) -> bytes`` and
             ``decode(bytes) -> PIL image`` (an anchor from :mod:`icmlib.anchors`, or a
             :class:`icmlib.anchors.LearnedCodec` holding one network per rate).
-        dataset: a COCO-format dataset (default: the preset's validation split, its
-            first ``preset.eval_images`` images).
+        dataset: a COCO-format dataset (default: the preset's test split, its first
+            ``preset.eval_images`` images: reported numbers never come from the images
+            that chose the recipe).
         tasks: which frozen task networks to run on the decoded images.
         networks: already-loaded task networks ``{task: model}`` (default: loaded once
             through :func:`task_networks`).

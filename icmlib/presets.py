@@ -88,7 +88,7 @@ class Preset:
     # --- reproduction (icmlib.reproduce, `icm reproduce`) ---------------------------------
     # Its codecs are codec_for's (rate points rd_lambdas; steps above), so the book and the
     # reproduction share them. See icmlib/reproduce.py for the budget of each preset.
-    repro_eval_images: int = 32         # validation images every codec is evaluated on
+    repro_eval_images: int = 32         # test images every codec is evaluated on (0: all)
     repro_anchors: Tuple[str, ...] = () # anchor names (icmlib.anchors.ANCHORS); () = all
     repro_anchor_points: int = 6        # settings per anchor, spread over its range; 0 = all
     repro_strategies: Tuple[str, ...] = ("fixed", "dynamic")
@@ -175,14 +175,19 @@ PRESETS = {
         task_semantic_steps=600,
         # codecs: short runs need a larger step than the paper-scale 1e-4 (measured: MSE
         # codec at λ=0.0067 reaches 21.8 dB after 800 steps at 1e-3). Rate points: with
-        # λ = 0.0018..0.013 every learned codec landed at 0.07-0.2 bpp, mAP 0.34-0.48
-        # (uncompressed 0.59), below most anchors' lowest settings, so most BD-rates had
-        # too little overlap (data/results/cpu at commit 006c17b); these reach higher.
-        # Measured (2 cores): MSE base 2000 steps 10.6 min, 3 fine-tunes x 400 4.6 min, the
-        # 16 ICM codecs of `icm reproduce` x 150 steps 20.2 min (icmlib.reproduce.CPU_BUDGET).
+        # λ = 0.0018..0.013 every learned codec landed at 0.07-0.2 bpp, below most anchors'
+        # lowest settings (data/results/cpu at commit 006c17b); these reach higher.
+        # Steps: the convergence study (data/results/cpu/convergence.md) trained the base
+        # MSE codec for 20000 steps, 10x the 2000 of the first runs, whose codecs were far
+        # from converged. One variable-rate codec per (task, strategy) serves the 4 rate
+        # points (7 codecs instead of 28: a shipped set under 40 MB, and a quarter of the
+        # training): MSE from the base for codec_finetune_steps, each ICM codec from it for
+        # icm_steps, the rates taking turns.
         lr=1e-3, rd_lambdas=(0.0035, 0.0093, 0.025, 0.067),
-        codec_steps=2000, codec_base_rate=2, codec_finetune_steps=400, icm_steps=150,
-        icm_val_every=50,
+        codec_steps=20000, codec_base_rate=2, variable_rate=True,
+        codec_finetune_steps=4000, icm_steps=3000,
+        val_every=1000, icm_val_every=500,
+        repro_strategies=("fixed", "dynamic", "auto"), repro_eval_images=0,
     ),
     "gpu": Preset(
         name="gpu", dataset="coco",

@@ -225,7 +225,8 @@ def reproduce(preset: Union[Preset, str, None] = None, out: Union[str, Path, Non
 
     # 3. evaluation -------------------------------------------------------------------------
     t0 = time.time()
-    dataset = subset(dataset_for(preset, split="val"), preset.repro_eval_images)
+    # reported numbers come from the test split, which chose nothing (0: all of it)
+    dataset = subset(dataset_for(preset, split="test"), preset.repro_eval_images or None)
     ref_key = evaluation_key({"reference": True}, dataset, networks, [])
     reference = cached_evaluation(ref_key, lambda: reference_accuracy(
         REPRO_TASKS, dataset, preset=preset, networks=networks), force=force_evaluation)

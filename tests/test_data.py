@@ -128,13 +128,20 @@ def test_synthetic_world_is_cached_and_regenerated_on_change(tmp_path, monkeypat
 
 def test_dataset_for_synthetic_and_missing_coco(tmp_path, monkeypatch):
     monkeypatch.setenv("ICM_CACHE", str(tmp_path))
-    preset = get_preset("ci", train_images=3, val_images=2)
+    preset = get_preset("ci", train_images=3, val_images=2, test_images=4)
     train = dataset_for(preset, "train")
     assert train.train and train.crop_size == preset.crop_size and len(train) == 3
     val = dataset_for(preset, "val")
     assert not val.train and val.crop_size is None and len(val) == 2
+    # the test split has images of its own (its own random stream), never val's or train's
+    test = dataset_for(preset, "test")
+    assert not test.train and len(test) == 4
+    pixels = {split: [ds[i][0] for i in range(len(ds))] for split, ds in
+              (("train", dataset_for(preset, "train", train=False)), ("val", val), ("test", test))}
+    for t in pixels["test"]:
+        assert not any(torch.equal(t, o) for o in pixels["train"] + pixels["val"])
     with pytest.raises(ValueError, match="split"):
-        dataset_for(preset, "test")
+        dataset_for(preset, "holdout")
     monkeypatch.setenv("ICM_COCO_ROOT", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="download_coco"):
         dataset_for(get_preset("gpu"), "val")
