@@ -109,7 +109,12 @@ def _cpu_state(model: nn.Module) -> dict:
 
 
 def _world_config(preset: Preset) -> dict:
-    return {"dataset": preset.dataset, "image_size": preset.image_size,
+    """The data a segmenter learns from, for its cache key (with the world generator's
+    version: a changed generator makes other images, so cached segmenters must retrain)."""
+    from . import data
+
+    return {"dataset": preset.dataset, "world_version": data.WORLD_VERSION,
+            "image_size": preset.image_size,
             "train_images": preset.train_images, "val_images": preset.val_images,
             "max_objects": preset.max_objects, "world_seed": preset.world_seed,
             "seg_image_size": preset.seg_image_size, "seg_eval_images": preset.seg_eval_images}

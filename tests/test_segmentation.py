@@ -328,3 +328,25 @@ def test_segmenter_for_trains_once_then_loads(tmp_path, monkeypatch):
         assert torch.equal(v, again.state_dict()[k])
     with pytest.raises(ValueError, match="unknown segmenter"):
         seg_train.segmenter_for("deeplab", preset)
+
+
+def test_segmenter_cache_key_follows_the_world_generator_version(monkeypatch):
+    """A new world generator (WORLD_VERSION) draws other images: every cached segmenter
+    must then be retrained, so the version is part of each segmenter's key."""
+    import icmlib.data
+
+    keys = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(kind, config, train, **kwargs):
+        keys.append(config)
+        raise Stop  # before any training
+
+    monkeypatch.setattr(seg_train, "train_or_load", capture)
+    for version in ("1", "2"):
+        monkeypatch.setattr(icmlib.data, "WORLD_VERSION", version)
+        with pytest.raises(Stop):
+            seg_train.segmenter_for("fcn", "ci", progress=False)
+    assert keys[0] != keys[1] and keys[1]["world_version"] == "2"
