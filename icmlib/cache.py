@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from icmlib.shipped import load_shipped, retrain_requested
+
 ENV_VAR = "ICM_CACHE"
 
 
@@ -82,10 +84,19 @@ def train_or_load(kind: str, config: Mapping[str, Any], train: Callable[[], Any]
                   *, force: bool = False, verbose: bool = True) -> Any:
     """Load the object cached for (``kind``, ``config``), or call ``train()`` and cache it.
 
+    The project's shipped checkpoints come first (:mod:`icmlib.shipped`: same key, sha256
+    verified; skipped with ``force`` or ``$ICM_RETRAIN``), then the cache, then ``train()``.
+
     ``train`` returns something ``torch.save`` can write (usually a dict holding a
     ``state_dict`` and metrics). The configuration is stored beside it so a reader can
     see what produced a checkpoint.
     """
+    if not force and not retrain_requested():
+        shipped = load_shipped(kind, config, verbose=verbose)
+        if shipped is not None:
+            if verbose:
+                print(f"[icmlib] loaded {kind} from the shipped checkpoints (sha256 verified)")
+            return shipped
     path = checkpoint_path(kind, config)
     if path.exists() and not force:
         if verbose:

@@ -1,0 +1,119 @@
+"""Shipped checkpoints: load with sha256 verification, refuse a bad file and retrain, never
+use one silently; ICM_RETRAIN ignores them; the committed set verifies."""
+import json
+
+import pytest
+import torch
+
+from icmlib import shipped
+from icmlib.cache import config_key, train_or_load
+from icmlib.codec import decode_image, encode_image
+from icmlib.presets import get_preset
+from icmlib.train import codec_config, codec_for, codec_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def ci():
+    return get_preset("ci", codec_steps=3, codec_base_rate=0, checkpoint_every=3, val_every=3)
+
+
+@pytest.fixture
+def shipped_set(tmp_path, monkeypatch):
+    """A codec trained in one cache and shipped into a folder of its own; the test then
+    runs with a fresh, empty cache, as a reader's machine would."""
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path / "trainer"))
+    monkeypatch.setenv("ICM_SHIPPED_DIR", str(tmp_path / "shipped"))
+    monkeypatch.delenv(shipped.RETRAIN_ENV, raising=False)
+    p = ci()
+    ckpt = codec_run(p, progress=False)
+    entry = shipped.ship("codec", codec_config(p), ckpt, command="test", trained_at="abc",
+                         steps=3, wall_seconds=1.0)
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path / "reader"))
+    return p, ckpt, entry, tmp_path / "shipped"
+
+
+def test_compact_form_is_half_precision_without_cdf_tables(shipped_set):
+    p, ckpt, entry, folder = shipped_set
+    saved = torch.load(folder / entry["file"], weights_only=False)
+    assert all(v.dtype != torch.float32 for v in saved["state_dict"].values())
+    assert not any("_quantized_cdf" in k for k in saved["state_dict"])
+    assert entry["bytes"] < 0.6 * sum(v.numel() * v.element_size()
+                                      for v in ckpt["state_dict"].values())
+    assert entry["sha256"] == shipped.sha256_of(folder / entry["file"])
+    assert entry["trained_at"] == "abc" and entry["config"]["steps"] == 3
+
+
+def test_reader_loads_the_shipped_codec_and_codes_with_it(shipped_set, capsys):
+    p, ckpt, entry, folder = shipped_set
+    net = codec_for(p, progress=True)
+    assert "shipped checkpoints (sha256 verified)" in capsys.readouterr().out
+    for k, v in ckpt["state_dict"].items():  # the trained weights, rounded to float16
+        if v.dtype == torch.float32 and "cdf" not in k and "scale_table" not in k:
+            assert torch.equal(net.state_dict()[k], v.half().float()), k
+    x = torch.rand(1, 3, 64, 64)
+    enc = encode_image(net, x)
+    assert decode_image(net, enc["strings"], enc["shape"], enc["size"]).shape == x.shape
+    assert not any((shipped_set[3].parent / "reader").glob("checkpoints/codec/*.pt"))
+
+
+def test_corrupted_file_is_refused_and_retrained(shipped_set, capsys):
+    p, ckpt, entry, folder = shipped_set
+    path = folder / entry["file"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    net = codec_for(p, progress=True)
+    out = capsys.readouterr().out
+    assert "refusing the shipped codec checkpoint" in out and "sha256" in out
+    assert "training codec" in out and net.meta["strategy"] == "mse"
+
+
+def test_mismatching_configuration_is_refused(shipped_set, capsys):
+    p, ckpt, entry, folder = shipped_set
+    manifest = json.loads((folder / "manifest.json").read_text())
+    name = f"codec/{entry['key']}"
+    manifest["entries"][name]["config"]["lr"] = 123.0
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert shipped.load_shipped("codec", codec_config(p)) is None
+    assert "another configuration" in capsys.readouterr().out
+
+
+def test_retrain_ignores_the_shipped_set(shipped_set, monkeypatch, capsys):
+    p, *_ = shipped_set
+    monkeypatch.setenv(shipped.RETRAIN_ENV, "1")
+    codec_for(p, progress=True)
+    out = capsys.readouterr().out
+    assert "shipped" not in out and "training codec" in out
+
+
+def test_any_kind_ships_and_unchanged_weights_are_not_rewritten(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(shipped.RETRAIN_ENV, raising=False)
+    folder = tmp_path / "set"
+    monkeypatch.setenv("ICM_SHIPPED_DIR", str(folder))
+    config = {"task": "toy", "steps": 1}
+    obj = {"state_dict": {"w": torch.randn(4, 4), "n": torch.tensor(3)}, "metrics": {"a": 1}}
+    e1 = shipped.ship("task-toy", config, obj, command="t", trained_at="x")
+    mtime = (folder / e1["file"]).stat().st_mtime_ns
+    e2 = shipped.ship("task-toy", config, obj, command="t", trained_at="x")
+    assert e1["sha256"] == e2["sha256"] and (folder / e1["file"]).stat().st_mtime_ns == mtime
+    loaded = train_or_load("task-toy", config, lambda: pytest.fail("must not train"))
+    assert loaded["state_dict"]["w"].dtype == torch.float32
+    assert torch.equal(loaded["state_dict"]["w"], obj["state_dict"]["w"].half().float())
+    assert loaded["metrics"] == {"a": 1} and config_key(config) == e1["key"]
+    summary = shipped.shipped_summary(folder)
+    assert summary["files"] == 1 and summary["megabytes"] > 0
+
+
+def test_the_committed_shipped_set_verifies(monkeypatch):
+    """Every file of the set the project ships has the sha256 its manifest records."""
+    monkeypatch.delenv("ICM_SHIPPED_DIR", raising=False)
+    manifest = shipped.read_manifest(shipped.SHIPPED_DIR)
+    for name, entry in manifest["entries"].items():
+        path = shipped.SHIPPED_DIR / entry["file"]
+        assert path.is_file(), f"{name}: {entry['file']} is listed but missing"
+        assert shipped.sha256_of(path) == entry["sha256"], f"{name}: sha256 mismatch"
+        assert entry["config"] and entry["command"] and entry["trained_at"]
+    total = sum(e["bytes"] for e in manifest["entries"].values())
+    assert total < 40e6, f"the shipped set is {total / 1e6:.1f} MB (keep it under 40 MB)"
