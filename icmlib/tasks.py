@@ -553,6 +553,10 @@ def task_config(task: str, preset: Union[Preset, str, None] = None,
                            "dataset": preset.dataset,
                            "num_classes": _num_classes(preset)}
     cfg.update({f: getattr(preset, f) for f in _TASK_FIELDS})
+    if preset.num_workers:
+        # DataLoader workers draw other flips than the main process: other weights. Only
+        # in the key when not 0, so the networks trained before this line keep their keys.
+        cfg["num_workers"] = int(preset.num_workers)
     if task == "semantic":
         cfg.update(unet_width=preset.task_unet_width, unet_depth=preset.task_unet_depth)
     else:

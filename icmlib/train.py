@@ -382,7 +382,7 @@ def validate_codec(net: ICMCodec, dataset, num_images: int, frozen_task=None,
 # --------------------------------------------------------------------------------------
 
 def _run_config(preset: Preset, task, strategy, rate_index, lmbda, steps, seed,
-                init_id) -> Dict[str, Any]:
+                init_id, world: int = 1) -> Dict[str, Any]:
     """What must match for ``resume=True`` to continue a run (and the cache key)."""
     fields = ("codec_channels", "latent_channels", "codec_blocks", "crop_size", "batch_size",
               "lr", "aux_lr", "clip_max_norm", "lr_decay_at", "icm_task_weight",
@@ -393,7 +393,24 @@ def _run_config(preset: Preset, task, strategy, rate_index, lmbda, steps, seed,
            "rate_index": rate_index, "lambda": lmbda, "steps": int(steps), "seed": int(seed),
            "init_from": init_id}
     cfg.update({f: getattr(preset, f) for f in fields})
+    # These also change the weights: DataLoader workers draw other crops than the main
+    # process, more processes train on other (and more) batches. They enter the key only
+    # when they differ from what every earlier key assumed (0 workers, 1 process), so the
+    # codecs already trained keep their keys.
+    if preset.num_workers:
+        cfg["num_workers"] = int(preset.num_workers)
+    if world > 1:
+        cfg["world_size"] = int(world)
     return cfg
+
+
+def _world_size() -> int:
+    """Processes of this (torchrun) run, from the environment: no process group is started."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _init_identity(init_from) -> Optional[str]:
@@ -580,7 +597,7 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
     use_amp = bool(preset.amp) and device.type == "cuda"
 
     cfg = _run_config(preset, task, strategy, rate_index, lmbda, steps, seed,
-                      _init_identity(init_from))
+                      _init_identity(init_from), world)
     out_dir = Path(out_dir) if out_dir is not None else cache_dir("runs", "codec", config_key(cfg))
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -873,7 +890,8 @@ def _codec_config(preset: Preset, task, strategy, rate_index, steps) -> Dict[str
     parent = codec_parent(preset, task, lmbda if rate_index is None else rate_index)
     steps = int(steps if steps is not None else default_steps(preset, task, parent))
     init = None if parent is None else _codec_config(preset, *parent, None)
-    cfg = _run_config(preset, task, strategy, rate_index, lmbda, steps, preset.train_seed, init)
+    cfg = _run_config(preset, task, strategy, rate_index, lmbda, steps, preset.train_seed, init,
+                      _world_size())
     if task is not None:
         from .tasks import task_config
         cfg["task_network"] = task_config(task, preset)

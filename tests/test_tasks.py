@@ -169,6 +169,14 @@ def test_config_changes_with_the_preset(preset):
     assert "init" not in scratch and scratch["steps"] == preset.task_steps
 
 
+def test_config_covers_loader_workers(preset):
+    """Loader workers draw other flips than the main process, so other weights: part of the
+    key, but only when not 0 (networks trained with 0 workers keep their keys)."""
+    a = tasks.task_config("detection", preset)
+    assert preset.num_workers == 0 and "num_workers" not in a
+    assert tasks.task_config("detection", preset.replace(num_workers=2)) != a
+
+
 def test_small_backbone_strides(preset):
     for stride in (4, 8):
         net = tasks.SmallBackboneFPN(8, 16, finest_stride=stride)

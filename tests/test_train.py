@@ -24,6 +24,19 @@ def _no_time(rows):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+def test_codec_key_covers_loader_workers_and_processes(monkeypatch):
+    """Workers draw other crops, more processes other batches: other weights, other keys.
+    Added only when not 0 workers / 1 process, so the codecs trained before keep theirs."""
+    from icmlib.train import codec_config
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    base = codec_config(ci(), None, "mse", 1)
+    assert "num_workers" not in base and "world_size" not in base
+    assert codec_config(ci(num_workers=2), None, "mse", 1) != base
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert codec_config(ci(), None, "mse", 1)["world_size"] == 2
+
+
 def test_resolve_rate():
     p = ci()
     assert resolve_rate(p, 1) == (1, p.rd_lambdas[1])
