@@ -186,6 +186,25 @@ def anchors_for(preset: Preset) -> Tuple[list, Dict[str, str]]:
 
 
 # ---- the whole thing -------------------------------------------------------------------------
+def _keeps_thread_count(fn):
+    """The reproduction caps torch's CPU threads (cpu preset, comparable timings): hand the
+    caller its own setting back when it ends, however it ends."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        before = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper
+
+
+@_keeps_thread_count
 def reproduce(preset: Union[Preset, str, None] = None, out: Union[str, Path, None] = None, *,
               progress: bool = True, command: Optional[str] = None,
               force_evaluation: bool = False) -> Dict[str, Any]:
@@ -195,11 +214,12 @@ def reproduce(preset: Union[Preset, str, None] = None, out: Union[str, Path, Non
     """
     import torch
 
-    from icmlib.anchors import AnchorUnavailable, LearnedCodec
+    from icmlib.anchors import AnchorUnavailable
     from icmlib.codec import fingerprint, load_codec
     from icmlib.data import dataset_for
     from icmlib.evaluate import (cached_evaluation, dataset_info, evaluate_codec,
-                                 evaluation_key, reference_accuracy, subset, task_networks)
+                                 evaluation_key, learned_codec, reference_accuracy, subset,
+                                 task_networks)
     from icmlib.results import new_results, save_results
 
     preset = get_preset(preset)
@@ -234,7 +254,7 @@ def reproduce(preset: Union[Preset, str, None] = None, out: Union[str, Path, Non
     for name, by_rate in ckpts.items():
         rates = sorted(by_rate)
         nets = [load_codec(by_rate[r]) for r in rates]
-        codec = LearnedCodec(nets, name)
+        codec = learned_codec(nets, name, preset)
         meta = by_rate[rates[0]].get("meta", {})
         task, strategy = meta.get("task"), meta.get("strategy")
         tasks = REPRO_TASKS if task is None else (task,)

@@ -953,7 +953,13 @@ def codec_for(preset: Union[Preset, str, None] = None, task: Optional[str] = Non
     which codes like a one-rate codec.
     """
     ckpt = codec_run(preset, task, strategy, rate_index, progress=progress, force=force)
-    net = load_codec(ckpt)
+    return codec_at_rate(ckpt, rate_index)
+
+
+def codec_at_rate(ckpt: Mapping[str, Any], rate_index) -> nn.Module:
+    """The codec of a checkpoint dict, as a one-rate codec at ``rate_index`` (the view of a
+    variable-rate codec, or the codec itself), with its logs (``net.logs``) at that rate."""
+    net = load_codec(dict(ckpt))
     logs = ckpt.get("logs", {})
     if getattr(net, "rates", 0):
         net = at_rate(net, int(rate_index))

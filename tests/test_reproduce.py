@@ -111,3 +111,27 @@ def test_reproduce_ci_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(["reproduce", "--preset", "ci", "--out", str(out2), "--quiet"]) == 0
     again = res.load_results(out2 / "results.json")
     assert [c["points"] for c in again["codecs"]] == [c["points"] for c in results["codecs"]]
+
+
+def test_reproduce_gives_the_caller_its_thread_count_back(tmp_path, monkeypatch):
+    """reproduce caps torch's threads on the cpu preset; afterwards (here: after an error
+    in its first step) the caller has its own setting again."""
+    import torch
+
+    from icmlib import evaluate
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(evaluate, "task_networks", stop)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with pytest.raises(Stop):
+            rp.reproduce("ci", tmp_path / "r", progress=False)
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
