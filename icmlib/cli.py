@@ -341,10 +341,10 @@ def _cmd_evaluate(args) -> int:
         raise CLIError("nothing to evaluate: give --anchor NAME and/or --model CKPT")
     if args.images is not None and args.images < 1:
         raise CLIError(f"--images must be at least 1, got {args.images}")
-    from icmlib.anchors import LearnedCodec, make_anchor
+    from icmlib.anchors import make_anchor
     from icmlib.codec import load_codec
     from icmlib.data import dataset_for
-    from icmlib.evaluate import (EvaluationError, dataset_info, evaluate_codec,
+    from icmlib.evaluate import (EvaluationError, dataset_info, evaluate_codec, learned_codec,
                                  reference_accuracy, subset, task_networks)
     from icmlib.results import ResultsError, load_results, new_results, save_results
 
@@ -370,7 +370,7 @@ def _cmd_evaluate(args) -> int:
                 nets.append(load_codec(path))
             except (FileNotFoundError, ValueError) as e:
                 raise CLIError(str(e)) from None
-        learned = LearnedCodec(nets, args.name)
+        learned = learned_codec(nets, args.name, preset)
         codecs.append((learned, list(learned.qualities), "learned"))
     if not codecs:
         raise CLIError("none of the requested codecs can run here (see the messages above)")
@@ -383,8 +383,10 @@ def _cmd_evaluate(args) -> int:
             results = load_results(out)
         except ResultsError as e:
             raise CLIError(f"{out} exists but is not a results file ({e}); choose another --out")
-        if results["dataset"].get("image_ids") != dataset_info(dataset)["image_ids"] or \
-                results["dataset"].get("annotations") != str(dataset.ann_file):
+        # image_ids lists at most the first 1000 ids: the count tells 2000 from 5000 images
+        here = dataset_info(dataset)
+        if any(results["dataset"].get(k) != here[k] for k in ("image_ids", "num_images",
+                                                               "annotations")):
             raise CLIError(f"{out} was measured on other images; choose another --out")
     try:
         networks = task_networks(args.tasks, preset)

@@ -105,24 +105,47 @@ def dataset_images(dataset, progress: bool = False) -> List[torch.Tensor]:
 
 
 # ---- task networks ------------------------------------------------------------------------
-_NETWORKS: Dict[Tuple[str, str], torch.nn.Module] = {}
+_NETWORKS: Dict[Tuple[str, str, str, str], torch.nn.Module] = {}
 
 
-def task_networks(tasks: Iterable[str] = DEFAULT_TASKS, preset=None) -> Dict[str, torch.nn.Module]:
-    """The frozen task networks for ``tasks`` (train-or-load through ``icmlib.tasks``),
-    loaded once per process and reused by every evaluation."""
-    from icmlib.cache import config_key
+def evaluation_device(preset=None) -> torch.device:
+    """Where evaluation runs: ``preset.device`` (the gpu preset's CUDA) when it is
+    available, else the CPU."""
+    from icmlib.presets import get_preset
+
+    preset = get_preset(preset)
+    if preset.device.startswith("cuda") and not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device(preset.device)
+
+
+def task_networks(tasks: Iterable[str] = DEFAULT_TASKS, preset=None, *,
+                  force: bool = False) -> Dict[str, torch.nn.Module]:
+    """The frozen task networks for ``tasks`` (train-or-load through ``icmlib.tasks``), on
+    :func:`evaluation_device`, loaded once per process and cache folder (``$ICM_CACHE``)
+    and reused by every evaluation. ``force=True`` retrains them and replaces the
+    loaded ones."""
+    from icmlib.cache import cache_root, config_key
     from icmlib.presets import get_preset
     from icmlib.tasks import task_network
 
     preset = get_preset(preset)
+    device = evaluation_device(preset)
     nets = {}
     for task in tasks:
-        key = (task, config_key(preset.to_dict()))
-        if key not in _NETWORKS:
-            _NETWORKS[key] = task_network(task, preset).eval()
+        key = (task, config_key(preset.to_dict()), str(cache_root().resolve()), str(device))
+        if force or key not in _NETWORKS:
+            _NETWORKS[key] = task_network(task, preset, force=force).eval().to(device)
         nets[task] = _NETWORKS[key]
     return nets
+
+
+def learned_codec(nets, name: str, preset=None):
+    """A :class:`icmlib.anchors.LearnedCodec` over ``nets`` that codes on
+    :func:`evaluation_device` (the gpu preset's CUDA), as the task networks run."""
+    from icmlib.anchors import LearnedCodec
+
+    return LearnedCodec(nets, name, device=str(evaluation_device(preset)))
 
 
 def network_fingerprint(net: torch.nn.Module) -> str:

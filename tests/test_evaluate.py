@@ -265,3 +265,56 @@ def test_cli_evaluate(tmp_path, monkeypatch, networks, capsys):
     err = capsys.readouterr().err
     assert "nothing to evaluate" in err and "unknown anchor" in err
     assert "no codec checkpoint" in err and "other images" in err
+
+
+def test_task_networks_follow_icm_cache_force_and_device(tmp_path, monkeypatch):
+    """The per-process memo of loaded networks is per cache folder, ``force`` retrains
+    (and replaces the memo), and the networks sit on the evaluation device."""
+    import icmlib.tasks
+
+    calls = []
+
+    def fake_task_network(task, preset=None, *, force=False, **kwargs):
+        calls.append(force)
+        return torch.nn.Linear(2, 2)
+
+    monkeypatch.setattr(icmlib.tasks, "task_network", fake_task_network)
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path / "a"))
+    a = ev.task_networks(["detection"], "ci")["detection"]
+    assert ev.task_networks(["detection"], "ci")["detection"] is a and calls == [False]
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path / "b"))
+    b = ev.task_networks(["detection"], "ci")["detection"]
+    assert b is not a and calls == [False, False]
+    c = ev.task_networks(["detection"], "ci", force=True)["detection"]
+    assert c is not b and calls[-1] is True
+    assert ev.task_networks(["detection"], "ci")["detection"] is c
+    # a preset's device (here the meta device, standing in for CUDA) is where they run
+    meta = ev.task_networks(["detection"], get_preset("ci", device="meta"))["detection"]
+    assert meta.weight.device.type == "meta"
+
+
+def test_gpu_preset_evaluates_on_cuda(monkeypatch):
+    """The gpu preset evaluates where it trains: task networks and learned codecs on CUDA
+    (the CPU only when CUDA is missing)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert ev.evaluation_device("gpu").type == "cuda"
+    assert ev.learned_codec([ICMCodec(8, 8, 0)], "x", "gpu").device == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ev.evaluation_device("gpu").type == "cpu"
+    assert ev.learned_codec([ICMCodec(8, 8, 0)], "x", "ci").device == "cpu"
+
+
+def test_cli_evaluate_does_not_merge_runs_on_more_images(tmp_path, monkeypatch, networks):
+    """Results files list at most the first 1000 image ids: runs on 2000 and 5000 images
+    share them. Here the list is cut at 1 id, so 1 and 2 images share it."""
+    from icmlib.cli import main
+
+    info = ev.dataset_info
+    monkeypatch.setattr(ev, "dataset_info", lambda ds: {**info(ds), "image_ids": info(ds)["image_ids"][:1]})
+    monkeypatch.setattr(ev, "task_networks", lambda tasks, preset=None, **kw: networks)
+    out = tmp_path / "ev.json"
+    args = ["evaluate", "--preset", "ci", "--anchor", "jpeg", "--qualities", "10",
+            "--tasks", "detection", "--out", str(out), "--quiet", "--images"]
+    assert main(args + ["1"]) == 0
+    assert main(args + ["2"]) == 2  # other images: refused, not merged
+    assert res.load_results(out)["dataset"]["num_images"] == 1
