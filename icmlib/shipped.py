@@ -211,3 +211,78 @@ def shipped_summary(directory: Optional[Path] = None) -> Dict[str, Any]:
             "megabytes": sum(e.get("bytes", 0) for e in entries) / 1e6,
             "train_hours": sum(e.get("wall_seconds") or 0 for e in entries) / 3600,
             "entries": entries}
+
+
+# ---- shipping the reproduction's checkpoints (maintainers) ---------------------------------------
+def reproduction_checkpoints(preset) -> list:
+    """``(kind, config)`` of every checkpoint ``icm reproduce`` loads for ``preset``: the
+    frozen task networks, the MSE baseline and each (task, strategy) ICM codec."""
+    from icmlib.reproduce import REPRO_TASKS
+    from icmlib.tasks import task_config
+    from icmlib.train import codec_config
+
+    items = [(f"task-{t}", task_config(t, preset)) for t in REPRO_TASKS]
+    rates = [0] if preset.variable_rate else range(len(preset.rd_lambdas))
+    codecs = [(None, "mse")] + [(t, s) for t in REPRO_TASKS for s in preset.repro_strategies]
+    for task, strategy in codecs:
+        items += [("codec", codec_config(preset, task, strategy, r)) for r in rates]
+    return items
+
+
+def ship_from_cache(preset, trained_at: str, *, directory: Optional[Path] = None,
+                    command: Optional[str] = None) -> list:
+    """Ship every checkpoint of the reproduction that the train-or-load cache holds (what
+    is not trained yet is listed, not trained). Returns ``[(kind, key, status)]``."""
+    from icmlib.cache import checkpoint_path, config_key
+
+    done = []
+    for kind, config in reproduction_checkpoints(preset):
+        path = checkpoint_path(kind, config)
+        key = config_key(config)
+        if not path.is_file():
+            done.append((kind, key, "not trained yet"))
+            continue
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+        steps, seconds, how = _provenance(kind, obj, config, preset)
+        entry = ship(kind, config, obj, command=command or how, trained_at=trained_at,
+                     steps=steps, wall_seconds=seconds, directory=directory)
+        done.append((kind, key, f"shipped {entry['file']} ({entry['bytes'] / 1e6:.1f} MB)"))
+    return done
+
+
+def _provenance(kind: str, obj: Mapping[str, Any], config: Mapping[str, Any], preset):
+    """(steps, wall seconds, command) of a cached checkpoint."""
+    if kind == "codec":
+        meta = obj.get("meta", {})
+        seconds = meta.get("train_seconds")
+        if seconds is None:
+            seconds = sum(float(r.get("seconds") or 0) for r in obj.get("logs", {}).get("train", []))
+        return meta.get("steps"), seconds, meta.get("command") or "icm reproduce"
+    metrics = obj.get("metrics", {})
+    task = kind.split("-", 1)[1]
+    return (config.get("steps"), metrics.get("train_seconds"),
+            f"icm train-task --task {task} --preset {preset.name}")
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from icmlib.presets import get_preset
+
+    parser = argparse.ArgumentParser(
+        prog="python -m icmlib.shipped",
+        description="Ship the reproduction's trained checkpoints (from $ICM_CACHE) into "
+                    "icmlib/weights/shipped with their manifest entries; list what is missing.")
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--trained-at", required=True, help="the commit whose code trained them")
+    args = parser.parse_args(argv)
+    for kind, key, status in ship_from_cache(get_preset(args.preset), args.trained_at):
+        print(f"{kind:16s} {key}  {status}")
+    s = shipped_summary()
+    print(f"shipped set: {s['files']} files, {s['megabytes']:.1f} MB, "
+          f"{s['train_hours']:.2f} h of training")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -117,3 +117,20 @@ def test_the_committed_shipped_set_verifies(monkeypatch):
         assert entry["config"] and entry["command"] and entry["trained_at"]
     total = sum(e["bytes"] for e in manifest["entries"].values())
     assert total < 40e6, f"the shipped set is {total / 1e6:.1f} MB (keep it under 40 MB)"
+
+
+def test_ship_from_cache_ships_what_is_trained_and_lists_the_rest(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ICM_SHIPPED_DIR", str(tmp_path / "set"))
+    monkeypatch.delenv(shipped.RETRAIN_ENV, raising=False)
+    p = get_preset("ci", variable_rate=True, codec_steps=3, codec_finetune_steps=2,
+                   codec_base_rate=0, checkpoint_every=3, val_every=3)
+    codec_run(p, None, "mse", 0, progress=False)  # the variable-rate MSE codec (and its base)
+    status = {kind + ("" if kind != "codec" else f"/{key}"): s
+              for kind, key, s in shipped.ship_from_cache(p, trained_at="abc")}
+    mse_key = config_key(codec_config(p, None, "mse", 0))
+    assert status[f"codec/{mse_key}"].startswith("shipped")
+    assert status["task-detection"] == "not trained yet"
+    assert sum(s.startswith("shipped") for s in status.values()) == 1
+    entry = shipped.read_manifest()["entries"][f"codec/{mse_key}"]
+    assert entry["steps"] == 2 and entry["wall_seconds"] > 0 and entry["trained_at"] == "abc"
