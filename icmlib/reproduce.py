@@ -26,7 +26,9 @@ and writes, under ``--out`` (default ``data/results/<preset>/``):
 ``rd_psnr.png``             PSNR against bpp
 ``weighting_<task>.png``    the loss-weighting comparison (accuracy and rate over training,
                             weights, final RD points per strategy)
-``bd_rate.md``, ``.csv``    the BD-rate table in the paper's form
+``bd_rate.md``, ``.csv``    the BD-rate table in the paper's form, on coded bits (the rule
+                            of :mod:`icmlib.overheads`, the same for every codec)
+``bd_rate_file.md``, ``.csv``  the same table on whole files (``.icm``, JFIF, HEIF, ...)
 ``summary.md``              headline numbers, better-than-uncompressed points, timings
 ==========================  ===============================================================
 
@@ -110,25 +112,38 @@ def train_codecs(preset: Union[Preset, str, None] = None, tasks: Sequence[str] =
     (task, strategy) ICM codec; each checkpoint dict has ``logs`` and ``meta``. The codecs
     are the book's (same cache), so a reproduction run makes the book's build fast too.
     """
-    from icmlib.train import codec_run
-
     preset = get_preset(preset)
     strategies = list(strategies if strategies is not None else preset.repro_strategies)
-    rates = range(len(preset.rd_lambdas))
-    out = {mse_name(): {r: codec_run(preset, None, "mse", r, progress=progress) for r in rates}}
+    out = {mse_name(): _by_rate(preset, None, "mse", progress)}
     for task in tasks:
         for strategy in strategies:
-            out[icm_name(task, strategy)] = {
-                r: codec_run(preset, task, strategy, r, progress=progress) for r in rates}
+            out[icm_name(task, strategy)] = _by_rate(preset, task, strategy, progress)
     return out
 
 
+def _by_rate(preset: Preset, task, strategy, progress) -> Dict[int, Dict[str, Any]]:
+    """``{rate index: checkpoint dict}``; a variable-rate codec is one checkpoint for all."""
+    from icmlib.train import codec_run
+
+    rates = range(len(preset.rd_lambdas))
+    if preset.variable_rate:
+        ckpt = codec_run(preset, task, strategy, 0, progress=progress)
+        return {r: ckpt for r in rates}
+    return {r: codec_run(preset, task, strategy, r, progress=progress) for r in rates}
+
+
 def training_minutes(codecs: Dict[str, Dict[int, Dict[str, Any]]]) -> float:
-    """Wall minutes the codecs took to train when they were trained (from their logs)."""
-    seconds = sum(float(row.get("seconds") or 0.0)
-                  for by_rate in codecs.values() for ckpt in by_rate.values()
-                  for row in ckpt.get("logs", {}).get("train", []))
-    return seconds / 60
+    """Wall minutes the codecs took to train when they were trained (from their logs; a
+    shipped codec's thinned log keeps the total in ``meta["train_seconds"]``)."""
+    unique = {id(c): c for by_rate in codecs.values() for c in by_rate.values()}
+    return sum(train_seconds(c) for c in unique.values()) / 60
+
+
+def train_seconds(ckpt: Dict[str, Any]) -> float:
+    meta = ckpt.get("meta") or {}
+    if meta.get("train_seconds") is not None:
+        return float(meta["train_seconds"])
+    return sum(float(row.get("seconds") or 0.0) for row in ckpt.get("logs", {}).get("train", []))
 
 
 def _downsample(rows: List[Dict[str, float]], keep: int = 200) -> List[Dict[str, float]]:
@@ -141,15 +156,19 @@ def _downsample(rows: List[Dict[str, float]], keep: int = 200) -> List[Dict[str,
 def training_logs(codecs: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, Any]]:
     """Per ICM run: its validation log (bpp, PSNR, task score over steps) and a thinned
     training log (loss terms and weights over steps), for the weighting comparison."""
+    from icmlib.train import logs_at_rate
+
     keep_train = ("step", "loss", "rate", "mse", "task", "w_rate", "w_mse", "w_task", "psnr")
     runs = []
     for name, by_rate in codecs.items():
         for r, ckpt in sorted(by_rate.items()):
             meta = ckpt.get("meta", {})
-            logs = ckpt.get("logs", {})
+            logs = logs_at_rate(ckpt.get("logs", {}), r)
+            lam = meta.get("rate")
             runs.append({
                 "codec": name, "task": meta.get("task"), "strategy": meta.get("strategy"),
-                "rate_index": r, "lambda": meta.get("rate"), "steps": meta.get("steps"),
+                "rate_index": r, "lambda": lam[r] if isinstance(lam, list) else lam,
+                "steps": meta.get("steps"),
                 "weighting": meta.get("weighting"),
                 "val": [{k: v for k, v in row.items()} for row in logs.get("val", [])],
                 "train": _downsample([{k: row.get(k) for k in keep_train if k in row}
@@ -207,15 +226,42 @@ def _keeps_thread_count(fn):
 @_keeps_thread_count
 def reproduce(preset: Union[Preset, str, None] = None, out: Union[str, Path, None] = None, *,
               progress: bool = True, command: Optional[str] = None,
-              force_evaluation: bool = False) -> Dict[str, Any]:
+              force_evaluation: bool = False, retrain: bool = False) -> Dict[str, Any]:
     """Train or load, evaluate, and write the reproduction's outputs (see module docstring).
 
+    ``retrain``: ignore the shipped checkpoints (:mod:`icmlib.shipped`) and train every
+    task network and codec with the same recipe (their measured time is printed first).
     Returns the results dict (also written to ``<out>/results.json``).
     """
+    import os
+
+    if retrain:
+        from icmlib.shipped import RETRAIN_ENV
+
+        os.environ[RETRAIN_ENV] = "1"
+        if progress:
+            print(retrain_estimate())
+    return _reproduce(preset, out, progress, command, force_evaluation)
+
+
+def retrain_estimate() -> str:
+    """What a full retrain costs, as measured when the shipped set was trained."""
+    from icmlib.shipped import shipped_summary
+
+    s = shipped_summary()
+    if not s["files"]:
+        return "[icmlib] retraining everything (no shipped set to compare its time with)"
+    hardware = sorted({e.get("hardware") or "?" for e in s["entries"]})
+    return (f"[icmlib] retraining everything: the shipped set ({s['files']} checkpoints) took "
+            f"{s['train_hours']:.1f} h of training on {', '.join(hardware)}")
+
+
+def _reproduce(preset, out, progress, command, force_evaluation) -> Dict[str, Any]:
     import torch
 
     from icmlib.anchors import AnchorUnavailable
-    from icmlib.codec import fingerprint, load_codec
+    from icmlib.codec import fingerprint
+    from icmlib.train import codec_at_rate
     from icmlib.data import dataset_for
     from icmlib.evaluate import (cached_evaluation, dataset_info, evaluate_codec,
                                  evaluation_key, learned_codec, reference_accuracy, subset,
@@ -251,9 +297,10 @@ def reproduce(preset: Union[Preset, str, None] = None, out: Union[str, Path, Non
     reference = cached_evaluation(ref_key, lambda: reference_accuracy(
         REPRO_TASKS, dataset, preset=preset, networks=networks), force=force_evaluation)
     entries = []
+    learned_nets: Dict[str, Dict[int, Any]] = {}
     for name, by_rate in ckpts.items():
         rates = sorted(by_rate)
-        nets = [load_codec(by_rate[r]) for r in rates]
+        nets = [codec_at_rate(by_rate[r], r) for r in rates]
         codec = learned_codec(nets, name, preset)
         meta = by_rate[rates[0]].get("meta", {})
         task, strategy = meta.get("task"), meta.get("strategy")
@@ -267,7 +314,9 @@ def reproduce(preset: Union[Preset, str, None] = None, out: Union[str, Path, Non
             codec, rates, dataset, tasks, preset=preset, networks=networks, progress=progress,
             kind="learned", group=group, task=task, strategy=strategy, **info),
             force=force_evaluation)
+        add_object_bit_shares(entry, dict(zip(rates, nets)), dataset)
         entries.append(entry)
+        learned_nets[name] = dict(zip(rates, nets))
     anchors, skipped = anchors_for(preset)
     for anchor in anchors:
         settings = spread(anchor.qualities, preset.repro_anchor_points)
@@ -295,22 +344,80 @@ def reproduce(preset: Union[Preset, str, None] = None, out: Union[str, Path, Non
     results["extra"]["budget"] = {k: getattr(preset, k) for k in preset.to_dict()
                                   if k.startswith("repro_") or k in BUDGET_FIELDS}
     results["extra"]["bd_rate"] = bd_details(results)
+    results["extra"]["bd_rate_file"] = bd_details(results, rate="bpp_file")
     summary = summarize(results)
     results["extra"]["summary"] = summary
     timings["total_s"] = time.time() - t_start
     results["extra"]["timings"] = timings
     save_results(results, out / "results.json")
     write_outputs(results, out)
+    write_bit_maps(learned_nets, dataset, out / "bitmaps.png")
     if progress:
         print((out / "summary.md").read_text())
     return results
 
 
+# ---- where the bits go ------------------------------------------------------------------------
+def add_object_bit_shares(entry: Dict[str, Any], nets: Dict[Any, Any], dataset) -> None:
+    """Add ``object_bit_share`` and ``object_area_share`` (:mod:`icmlib.bitmaps`) to each
+    point of a learned codec's entry, measured on the same images as the rest."""
+    from icmlib.bitmaps import object_bit_share
+
+    for point in entry["points"]:
+        point.update(object_bit_share(nets[point["setting"]], dataset))
+
+
+def write_bit_maps(learned: Dict[str, Dict[int, Any]], dataset, path: Path,
+                   rate_index: int = 1, images: Sequence[int] = (0, 1, 2)) -> Optional[Path]:
+    """``bitmaps.png``: the MSE baseline's and the ICM codecs' (dynamic weighting) bit maps
+    on the same test images, at one rate point."""
+    from matplotlib.figure import Figure
+
+    from icmlib.bitmaps import plot_bit_maps
+
+    chosen = {name: by_rate[rate_index] for name, by_rate in learned.items()
+              if rate_index in by_rate and (name == mse_name() or "dynamic" in name)}
+    if len(chosen) < 2:
+        return None
+    images = [i for i in images if i < len(dataset)]
+    fig = Figure(figsize=(3 * (1 + len(chosen)), 3 * len(images)))
+    axes = fig.subplots(len(images), 1 + len(chosen), squeeze=False)
+    plot_bit_maps(chosen, dataset, images, axes=axes)
+    fig.suptitle(f"Where the bits go: estimated bits of ŷ per 16×16 block, rate point "
+                 f"{rate_index}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def object_share_table(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Per learned codec and rate point: bpp, object bit share, and the ratio to the MSE
+    baseline's share at the same rate point."""
+    mse = {p["setting"]: p for c in results["codecs"] if c.get("group") == "mse"
+           for p in c["points"]}
+    rows = []
+    for c in results["codecs"]:
+        if c.get("kind") != "learned":
+            continue
+        for p in c["points"]:
+            if "object_bit_share" not in p:
+                continue
+            base = mse.get(p["setting"], {}).get("object_bit_share")
+            rows.append({"codec": c["name"], "setting": p["setting"], "bpp": p["bpp"],
+                         "object_bit_share": p["object_bit_share"],
+                         "object_area_share": p["object_area_share"],
+                         "vs_mse": p["object_bit_share"] / base if base else None})
+    return rows
+
+
 # ---- tables and summary ----------------------------------------------------------------------
-def paper_table(results: Dict[str, Any], as_text: bool = True, method: str = "pchip"):
+def paper_table(results: Dict[str, Any], as_text: bool = True, method: str = "pchip",
+                rate: str = "bpp"):
     """The BD-rate table in the paper's form: rows = (task, codec) — the ICM codecs and
     the MSE baseline of each task — columns = anchors (traditional codecs and the MSE
-    baseline); detection on bbox mAP, instance segmentation on mask (segm) mAP."""
+    baseline); detection on bbox mAP, instance segmentation on mask (segm) mAP.
+    ``rate``: ``"bpp"``, the coded bits (the rule, :mod:`icmlib.overheads`), or
+    ``"bpp_file"``, whole files."""
     import pandas as pd
 
     from icmlib.evaluate import bd_rate_table
@@ -327,7 +434,7 @@ def paper_table(results: Dict[str, Any], as_text: bool = True, method: str = "pc
         if not tests:
             continue
         df = bd_rate_table(results, anchors=anchors, metric=metric, tests=tests,
-                           method=method, as_text=as_text)
+                           method=method, as_text=as_text, rate=rate)
         if as_text:
             df = df.fillna("")
             for t in tests:
@@ -339,7 +446,8 @@ def paper_table(results: Dict[str, Any], as_text: bool = True, method: str = "pc
     return pd.concat(frames) if frames else pd.DataFrame()
 
 
-def bd_details(results: Dict[str, Any], method: str = "pchip") -> List[Dict[str, Any]]:
+def bd_details(results: Dict[str, Any], method: str = "pchip",
+               rate: str = "bpp") -> List[Dict[str, Any]]:
     """Every (test, anchor) pair of :func:`paper_table` with its number or its full error
     message and warnings (dropped non-monotonic points...), for the results file."""
     from icmlib.evaluate import bd_rate_details
@@ -351,7 +459,8 @@ def bd_details(results: Dict[str, Any], method: str = "pchip") -> List[Dict[str,
     for task in results.get("tasks", REPRO_TASKS):
         tests = [c["name"] for c in codecs if c.get("group") == "mse" or
                  (c.get("group") == "icm" and c.get("task") == task)]
-        for row in bd_rate_details(results, anchors, TASK_METRIC[task], tests, method=method):
+        for row in bd_rate_details(results, anchors, TASK_METRIC[task], tests, method=method,
+                                   rate=rate):
             rows.append({"task": task, **row})
     return rows
 
@@ -463,9 +572,11 @@ def summary_markdown(results: Dict[str, Any]) -> str:
     if skipped:
         lines += ["Skipped anchors:", ""] + [f"- {k}: {v}" for k, v in skipped.items()] + [""]
     lines += ["## BD-rate (PCHIP; negative = fewer bits for the same task accuracy)", "",
+              f"Rates count the coded bitstream, the same rule for every codec: "
+              f"{results.get('rate_rule') or RATE_RULE_OLD}.", "",
               dataframe_to_markdown(_flat(paper_table(results))), "",
               "Paper (Le et al. 2021, vs VVC): detection −37.87 %, instance segmentation "
-              "−32.90 %.", ""]
+              "−32.90 %.", ""] + overhead_lines(results)
     if s.get("mse_vs_anchors_psnr"):
         lines += ["## The learned baseline against the anchors, for the eye", "",
                   "ICM codecs are fine-tuned from the MSE baseline, so they start where it "
@@ -502,11 +613,61 @@ def summary_markdown(results: Dict[str, Any]) -> str:
             lines.append("- no codec point gives higher accuracy than the uncompressed "
                          "originals")
         lines.append("")
+    shares = object_share_table(results)
+    if shares:
+        area = np.mean([r["object_area_share"] for r in shares])
+        lines += ["## Where the bits go", "",
+                  f"Share of the main stream's bits spent inside objects (objects cover "
+                  f"{area:.0%} of the test images); ×MSE: that share over the MSE baseline's "
+                  f"at the same rate point.", "",
+                  "| codec | rate point | bpp | bits inside objects | ×MSE |", "|---|---|---|---|---|"]
+        lines += [_share_row(r) for r in shares] + [""]
     timings = results["extra"].get("timings", {})
     if timings:
         lines += ["## Run time (wall clock)", ""] + [
             f"- {TIMING_LABELS.get(k, k)}: {v / 60:.1f} min" for k, v in timings.items()]
     return "\n".join(lines) + "\n"
+
+
+#: what ``bpp`` counted in a results file written before the rate split
+RATE_RULE_OLD = ("whole files (this results file predates the split of coded bits and "
+                 "overheads; both tables below count whole files)")
+
+
+def overhead_lines(results: Dict[str, Any]) -> List[str]:
+    """Summary lines: the BD-rate table on whole files, and what each codec's files carry
+    beside the coded bits (mean bytes per image)."""
+    from icmlib.evaluate import dataframe_to_markdown, overhead_table
+
+    lines = ["### The same table on whole files", "",
+             "Each codec's complete file (`.icm` container, JFIF, RIFF, HEIF boxes, the 4-byte "
+             "size prefix of the video anchors): what a reader sees containers cost at this "
+             "image size.", "",
+             dataframe_to_markdown(_flat(paper_table(results, rate="bpp_file"))), ""]
+    table = overhead_table(results)
+    if not table.empty:
+        lines += ["### What the files carry beside the coded bits", "",
+                  "Mean bytes per image (headers are counted, being part of the coded "
+                  "stream; container, metadata and size prefix are not), and at each "
+                  "codec's lowest rate point the share of the file the rule leaves out.",
+                  "", dataframe_to_markdown(_formatted(table)), ""]
+    return lines
+
+
+def _formatted(table):
+    """:func:`icmlib.evaluate.overhead_table` as text: bytes whole, bpp to 3 places, shares
+    in per cent."""
+    text = table.astype(object)
+    for col in table.columns:
+        fmt = "{:.1%}" if col == "not counted" else ("{:.3f}" if "bpp" in col else "{:.0f}")
+        text[col] = ["" if v != v else fmt.format(v) for v in table[col]]
+    return text
+
+
+def _share_row(r: Dict[str, Any]) -> str:
+    ratio = "" if r["vs_mse"] is None else f"{r['vs_mse']:.2f}"
+    return (f"| {r['codec']} | {r['setting']} | {r['bpp']:.3f} | {r['object_bit_share']:.1%} "
+            f"| {ratio} |")
 
 
 def _fmt(v) -> str:
@@ -557,11 +718,12 @@ def write_outputs(results: Dict[str, Any], out: Union[str, Path]) -> Dict[str, P
     fig.tight_layout()
     files["rd_psnr"] = out / "rd_psnr.png"
     fig.savefig(files["rd_psnr"], dpi=120)
-    table = _flat(paper_table(results))
-    files["bd_rate_md"] = out / "bd_rate.md"
-    files["bd_rate_md"].write_text(dataframe_to_markdown(table))
-    files["bd_rate_csv"] = out / "bd_rate.csv"
-    table.to_csv(files["bd_rate_csv"])
+    for suffix, rate in (("", "bpp"), ("_file", "bpp_file")):
+        table = _flat(paper_table(results, rate=rate))
+        files[f"bd_rate{suffix}_md"] = out / f"bd_rate{suffix}.md"
+        files[f"bd_rate{suffix}_md"].write_text(dataframe_to_markdown(table))
+        files[f"bd_rate{suffix}_csv"] = out / f"bd_rate{suffix}.csv"
+        table.to_csv(files[f"bd_rate{suffix}_csv"])
     files["summary"] = out / "summary.md"
     files["summary"].write_text(summary_markdown(results))
     return files

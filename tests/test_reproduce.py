@@ -12,7 +12,7 @@ from icmlib.presets import get_preset
 
 OUTPUTS = ("results.json", "rd_detection.png", "rd_instance.png", "rd_psnr.png",
            "weighting_detection.png", "weighting_instance.png", "bd_rate.md", "bd_rate.csv",
-           "summary.md")
+           "summary.md", "bitmaps.png")
 
 
 def test_spread_settings():
@@ -89,6 +89,13 @@ def test_reproduce_ci_end_to_end(tmp_path, monkeypatch, capsys):
     assert all(r["val"] and r["train"] for r in runs)
     summary = (out / "summary.md").read_text()
     assert "BD-rate" in summary and "uncompressed" in summary
+    # where the bits go: every learned point knows its share of bits inside objects
+    for c in results["codecs"]:
+        if c["kind"] == "learned":
+            assert all(0 <= p["object_bit_share"] <= 1 and 0 < p["object_area_share"] < 1
+                       for p in c["points"])
+    assert "Where the bits go" in summary and "×MSE" in summary
+    assert results["dataset"]["split"] == "test"
     md = (out / "bd_rate.md").read_text()
     assert "detection: ICM dynamic (detection)" in md and "instance: ICM fixed (instance)" in md
 
@@ -111,6 +118,25 @@ def test_reproduce_ci_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(["reproduce", "--preset", "ci", "--out", str(out2), "--quiet"]) == 0
     again = res.load_results(out2 / "results.json")
     assert [c["points"] for c in again["codecs"]] == [c["points"] for c in results["codecs"]]
+
+
+@pytest.mark.slow
+def test_reproduce_variable_rate_codecs(tmp_path):
+    """The cpu recipe on ci sizes: one variable-rate codec per (task, strategy) gives every
+    rate point; the weighting runs are split per rate; retrain ignores a shipped set."""
+    p = get_preset("ci", variable_rate=True, repro_strategies=("dynamic",), codec_steps=6,
+                   codec_finetune_steps=4, icm_steps=4, repro_anchors=("jpeg",))
+    results = rp.reproduce(p, tmp_path / "vr", progress=False)
+    n_rates = len(p.rd_lambdas)
+    for name in (rp.mse_name(), rp.icm_name("detection", "dynamic")):
+        codec = res.find_codec(results, name)
+        assert [pt["setting"] for pt in codec["points"]] == list(range(n_rates))
+        bpps = [pt["bpp"] for pt in codec["points"]]
+        assert len(set(bpps)) == n_rates  # the gains give each rate point its own rate
+    runs = results["extra"]["training"]
+    assert len(runs) == 2 * n_rates and {r["rate_index"] for r in runs} == set(range(n_rates))
+    assert all(len(r["val"]) == 1 and r["lambda"] == p.rd_lambdas[r["rate_index"]] for r in runs)
+    assert "retraining everything" in rp.retrain_estimate()
 
 
 def test_reproduce_gives_the_caller_its_thread_count_back(tmp_path, monkeypatch):
