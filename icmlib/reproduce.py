@@ -4,11 +4,11 @@ One call trains (or loads) everything and measures it:
 
 1. **task networks** — Faster R-CNN (detection) and Mask R-CNN (instance segmentation),
    through ``icmlib.tasks.task_network`` (train-or-load; COCO-pretrained on ``gpu``);
-2. **codecs**, one per rate point λ of ``preset.rd_lambdas``:
+2. **codecs** at every rate point λ of ``preset.rd_lambdas`` (shipped, or trained):
 
    * the **MSE baseline** (the human-vision codec: same network, ``w_task = 0``);
    * **ICM** codecs for each task and each weighting strategy of
-     ``preset.repro_strategies`` (fixed weights, the paper's dynamic strategy);
+     ``preset.repro_strategies`` (fixed weights, the paper's dynamic strategy, auto);
 
 3. **anchors** — every traditional codec of :mod:`icmlib.anchors` that can run here
    (a missing tool is skipped with its install hint);
@@ -34,26 +34,26 @@ and writes, under ``--out`` (default ``data/results/<preset>/``):
 
 Budget: how the codecs are trained
 ----------------------------------
-Training 4 MSE codecs and 16 ICM codecs from scratch would take hours on a CPU. As is
-common practice (and as the paper's ICM codecs also start from a codec that can already
-reconstruct), the codecs are those of :func:`icmlib.train.codec_for`, whose recipe
-(:func:`icmlib.train.codec_parent`) **fine-tunes**:
+Training is decoupled from reading: the reproduction's task networks and codecs are
+trained once, to where the convergence study (:mod:`icmlib.convergence`) says they stop
+improving, and **shipped** with the package (:mod:`icmlib.shipped`, sha256-verified). A
+run of ``icm reproduce`` loads them and only evaluates; ``--retrain`` trains everything
+again with the same recipe. The recipe (:func:`icmlib.train.codec_parent`) **fine-tunes**:
 
 * the MSE codec at rate point ``preset.codec_base_rate`` is trained from scratch for
   ``codec_steps`` steps;
-* the MSE codecs at the other rate points start from it and are fine-tuned for
-  ``codec_finetune_steps`` steps at their own λ;
-* every ICM codec starts from the MSE codec of its rate point and is fine-tuned for
-  ``icm_steps`` steps with the task loss and its weighting strategy.
+* on a ``variable_rate`` preset (``cpu``), one codec per (task, strategy) serves every rate
+  point through learned gain vectors (Cui et al. 2021): the variable-rate MSE codec starts
+  from the base codec (``codec_finetune_steps``), each ICM codec from it (``icm_steps``),
+  the rate points taking turns; otherwise the MSE codecs at the other rate points start
+  from the base codec and every ICM codec from the MSE codec of its rate point.
 
 ``codec_base_rate = -1`` (the ``gpu`` preset) trains every MSE codec from scratch
 instead. Every codec is a train-or-load step keyed by its whole configuration (its
 parent's included) and shared with the book's chapters, and every evaluation is cached
-keyed by the codec's weights, the settings, the images and the task networks — so a
+keyed by the codec's weights, the settings, the images and the task networks -- so a
 second run, or a run after an interruption, redoes nothing that is done (an interrupted
-training resumes from its last checkpoint).
-
-The ``cpu`` budget (2 cores): see :data:`CPU_BUDGET` and the evaluation chapter.
+training resumes from its last checkpoint). Reported numbers come from the test split.
 """
 from __future__ import annotations
 
