@@ -7,65 +7,24 @@ For each chapter page (default: every notebook chapter of ``_toc.yml``) it write
 ``<out>/<page>.png`` (the first screen, ``--window-size``) and, with ``--full``,
 the whole page cut into ``<out>/<page>-partNN.png`` tiles that an image viewer
 shows at a readable scale. Next to each it prints what ``icmlib.bookcheck``
-found on the page (figures, tables, errors, stderr outputs).
+found in the HTML (figures, tables, errors, stderr outputs, long unfolded outputs)
+and the browser checklist of ``icmlib.bookbrowser`` (math rendered, figures loaded,
+no horizontal overflow, title first, nothing fetched from outside), the same
+checklist ``tests/test_book.py`` asserts on every chapter.
 
-Chromium comes from Debian (``apt-get install -y chromium``). Offline, content
-loaded from CDNs (MathJax for the math, the Thebe/launch JavaScript) is missing,
-so math shows as raw TeX in screenshots taken without network.
+Chromium runs with the network off (no host name resolves, a dead proxy): the
+book must render everything, MathJax included, from the site itself.
+Chromium comes from Debian (``apt-get install -y chromium``).
 """
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
+from icmlib.bookbrowser import checklist, find_chromium, probe_page, screenshot
 from icmlib.bookcheck import BookError, ChapterPage, chapter_pages, check_page
-
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
-# No sandbox (we run as root in containers), no network chatter, no first-run UI.
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-)
-
-
-def find_chromium(explicit: str | None = None) -> str:
-    for name in ([explicit] if explicit else CHROMIUM_NAMES):
-        path = shutil.which(name)
-        if path:
-            return path
-    raise SystemExit("Chromium not found: apt-get update && apt-get install -y chromium (or pass --chromium PATH)")
-
-
-def screenshot(chromium: str, page: Path, png: Path, width: int, height: int, wait_ms: int, timeout: float) -> float:
-    """One screenshot of ``page`` into ``png``; returns the seconds it took."""
-    png.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        cmd = [
-            chromium,
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={profile}",
-            f"--virtual-time-budget={wait_ms}",  # let the page's JavaScript settle first
-            f"--window-size={width},{height}",
-            f"--screenshot={png}",
-            page.resolve().as_uri(),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0 or not png.is_file():
-        raise RuntimeError(f"chromium failed on {page} (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    return time.perf_counter() - start
 
 
 def trim_and_tile(png: Path, tile_height: int, footer: int = 160) -> list[Path]:
@@ -105,7 +64,7 @@ def main(argv=None) -> int:
     parser.add_argument("--full-height", type=int, default=16000, help="window height for the whole-page shot")
     parser.add_argument("--tile-height", type=int, default=2000)
     parser.add_argument("--wait-ms", type=int, default=8000, help="virtual time for the page's JavaScript")
-    parser.add_argument("--chromium", default=None, help="path of the browser binary")
+    parser.add_argument("--chromium", default=None, help="path of the browser binary (default: $CHROMIUM, else PATH)")
     args = parser.parse_args(argv)
 
     html_dir, out = Path(args.html_dir), Path(args.out)
@@ -113,6 +72,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"no built book at {html_dir} (no index.html); build it with `make book`")
     width, height = (int(v) for v in args.window_size.split(","))
     chromium = find_chromium(args.chromium)
+    if chromium is None:
+        raise SystemExit("Chromium not found: apt-get update && apt-get install -y chromium (or pass --chromium PATH)")
     try:
         pages = chapter_pages(args.toc, html_dir, args.book_root)
     except BookError as exc:
@@ -135,11 +96,20 @@ def main(argv=None) -> int:
             continue
         stem = page.docname.replace("/", "__")
         try:
-            seconds = screenshot(chromium, page.html, out / f"{stem}.png", width, height, args.wait_ms, 180)
+            seen = probe_page(chromium, page.html, width=width, wait_ms=args.wait_ms)
+            print(f"   browser: {seen['math_rendered']}/{seen['math']} equations rendered, "
+                  f"{seen['images'] - len(seen['broken_images'])}/{seen['images']} images loaded, "
+                  f"overflow {seen['page_overflow']} px, opens with {seen['first_element']}")
+            for problem in checklist(seen):
+                print("   BROWSER PROBLEM", problem)
+                failures += 1
+            seconds = screenshot(chromium, page.html, out / f"{stem}.png", width=width, height=height,
+                                 wait_ms=args.wait_ms)
             print(f"   -> {out / f'{stem}.png'} ({seconds:.1f} s)")
             if args.full:
                 full = out / f"{stem}-full.png"
-                screenshot(chromium, page.html, full, width, args.full_height, args.wait_ms, 300)
+                screenshot(chromium, page.html, full, width=width, height=args.full_height,
+                           wait_ms=args.wait_ms, timeout=300)
                 for tile in trim_and_tile(full, args.tile_height):
                     print(f"   -> {tile}")
         except (RuntimeError, subprocess.TimeoutExpired) as exc:

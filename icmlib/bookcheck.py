@@ -10,6 +10,14 @@ and the command line::
 
     python -m icmlib.bookcheck _build/html          # report, exit 1 on problems
 
+Beyond "exists and shows its figures", a page must read well anywhere (issue 16):
+
+* it loads no script or stylesheet from outside the site (a CDN fails offline: the
+  math would show as raw TeX), and every local one it names is in the site;
+* the first thing in its main content is its title (``h1``), never a code cell;
+* no output block longer than :data:`MAX_OUTPUT_LINES` lines is shown unfolded (a log
+  goes into a folded output, ``hide-output``, or becomes a progress bar and a summary).
+
 How myst-nb (Jupyter Book 1.x) renders a notebook cell, which is what we parse::
 
     <div class="cell docutils container">            (+ "tag_<tag>" per cell tag)
@@ -30,6 +38,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 __all__ = [
     "INLINE_BACKEND",
@@ -43,6 +52,13 @@ __all__ = [
     "errors_in",
     "stderr_in",
     "missing_images",
+    "MAX_OUTPUT_LINES",
+    "outside_resources",
+    "missing_resources",
+    "first_content_element",
+    "long_outputs",
+    "colab_links",
+    "outside_resources_in_site",
     "check_page",
     "check_book",
     "jupyter_book_executable",
@@ -54,6 +70,9 @@ __all__ = [
 # The backend ipykernel picks when MPLBACKEND is unset. A kernel that inherits
 # MPLBACKEND=Agg (as the test commands set it) renders no figure at all.
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+#: An output block longer than this must be folded: past it, a reader scrolls through a log.
+MAX_OUTPUT_LINES = 40
 
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
 _SOURCE_SUFFIXES = (".ipynb", ".md", ".rst")
@@ -245,6 +264,109 @@ def missing_images(html, page_path) -> list[str]:
     return missing
 
 
+def _resource_urls(soup) -> list[str]:
+    """What the page loads as it opens: script sources and stylesheets (and preloads)."""
+    urls = [tag["src"] for tag in soup.find_all("script", src=True)]
+    for link in soup.find_all("link", href=True):
+        rel = {r.lower() for r in (link.get("rel") or [])}
+        if rel & {"stylesheet", "preload", "modulepreload"}:
+            urls.append(link["href"])
+    return urls
+
+
+def _is_outside(url: str) -> bool:
+    parts = urlsplit(url)
+    return url.startswith("//") or (bool(parts.scheme) and parts.scheme not in ("data", "blob"))
+
+
+def outside_resources(html) -> list[str]:
+    """Scripts and stylesheets the page loads from outside the site (a CDN, say).
+
+    Offline they fail: with MathJax from a CDN every equation shows as raw TeX.
+    """
+    return [url for url in _resource_urls(_soup(html)) if _is_outside(url)]
+
+
+def missing_resources(html, page_path) -> list[str]:
+    """Local scripts and stylesheets the page names that are not in the site."""
+    base = Path(page_path).parent
+    missing = []
+    for url in _resource_urls(_soup(html)):
+        if _is_outside(url) or url.startswith(("data:", "blob:")):
+            continue
+        if not Path(os.path.normpath(base / urlsplit(url).path)).is_file():
+            missing.append(url)
+    return missing
+
+
+_CONTENT_TAGS = {"h1", "h2", "h3", "h4", "h5", "h6", "p", "pre", "table", "img", "ul", "ol",
+                 "dl", "figure", "blockquote"}
+
+
+def _main_content(soup):
+    return soup.find("article") or soup.find("main") or soup.body or soup
+
+
+def first_content_element(html) -> str | None:
+    """What a reader meets first in the page's main content: ``"h1"``, ``"code cell"``, ...
+
+    The main content is the ``<article>`` of the book theme (else ``<main>``, else the
+    body). ``None`` for a page with no content at all.
+    """
+    for tag in _main_content(_soup(html)).find_all(True):
+        if tag.name == "div" and _has_class(tag, "cell"):
+            return "code cell"
+        if tag.name == "div" and _has_class(tag, "math"):
+            return "display math"
+        if tag.name in _CONTENT_TAGS:
+            return tag.name
+    return None
+
+
+def _folded(tag) -> bool:
+    """Shown only on a click: inside a closed ``<details>`` (``hide-output``, ``hide-cell``,
+    ``hide-input``) or in a cell whose outputs scroll in a box (``scroll-output``)."""
+    for parent in tag.parents:
+        if parent.name == "details" and not parent.has_attr("open"):
+            return True
+        if parent.name == "div" and _has_class(parent, "cell"):
+            if "tag_scroll-output" in (parent.get("class") or []):
+                return True
+    return False
+
+
+def long_outputs(html, limit: int = MAX_OUTPUT_LINES) -> list[tuple[int, str]]:
+    """``(lines, first line)`` of every unfolded text output longer than ``limit`` lines."""
+    found = []
+    for out in _main_content(_soup(html)).find_all("div", class_="output"):
+        pre = out.find("pre")
+        if pre is None or _folded(out):
+            continue
+        lines = pre.get_text().strip("\n").splitlines()
+        if len(lines) > limit:
+            found.append((len(lines), lines[0][:120]))
+    return found
+
+
+def colab_links(html) -> list[str]:
+    """The page's "open in Colab" launch links (built from ``_config.yml``'s repository)."""
+    return [a["href"] for a in _soup(html).find_all("a", href=True)
+            if "colab.research.google.com" in a["href"]]
+
+
+def outside_resources_in_site(html_dir) -> dict[str, list[str]]:
+    """``{page: [urls]}`` for every HTML page of a built site that loads anything from outside it."""
+    html_dir = Path(html_dir)
+    found = {}
+    for page in sorted(html_dir.rglob("*.html")):
+        if "_static" in page.relative_to(html_dir).parts:
+            continue
+        urls = outside_resources(page.read_text(encoding="utf-8"))
+        if urls:
+            found[str(page.relative_to(html_dir))] = urls
+    return found
+
+
 @dataclass
 class PageReport:
     """What a reader would find on one chapter page."""
@@ -258,6 +380,10 @@ class PageReport:
     stderr: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     figures_required: bool = True
+    outside: list[str] = field(default_factory=list)
+    missing_resources: list[str] = field(default_factory=list)
+    first_element: str | None = "h1"
+    long_outputs: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def problems(self) -> list[str]:
@@ -274,6 +400,17 @@ class PageReport:
             out.append(f"{self.docname}: error output: {last[:200]}")
         for src in self.missing:
             out.append(f"{self.docname}: image file missing: {src}")
+        for url in self.outside:
+            out.append(f"{self.docname}: loads {url} from outside the site (fails offline)")
+        for url in self.missing_resources:
+            out.append(f"{self.docname}: script or stylesheet missing from the site: {url}")
+        if self.first_element != "h1":
+            out.append(f"{self.docname}: the page opens with {self.first_element or 'nothing'}, "
+                       f"not its title (h1): put the title cell first, the install cell after it")
+        for lines, first in self.long_outputs:
+            out.append(f"{self.docname}: an unfolded output of {lines} lines (over "
+                       f"{MAX_OUTPUT_LINES}) starting {first!r}: fold it (cell tag hide-output) "
+                       f"or print a summary")
         return out
 
     def summary(self) -> str:
@@ -281,7 +418,9 @@ class PageReport:
             return f"{self.docname}: MISSING"
         return (
             f"{self.docname}: {len(self.figures)} figures, {self.tables} tables, "
-            f"{len(self.errors)} errors, {len(self.stderr)} stderr outputs"
+            f"{len(self.errors)} errors, {len(self.stderr)} stderr outputs, "
+            f"opens with {self.first_element}, {len(self.long_outputs)} long unfolded outputs, "
+            f"{len(self.outside)} outside resources"
         )
 
 
@@ -304,6 +443,10 @@ def check_page(page: ChapterPage, figures_required: bool = True) -> PageReport:
         stderr=stderr_in(html),
         missing=missing_images(html, page.html),
         figures_required=figures_required,
+        outside=outside_resources(html),
+        missing_resources=missing_resources(html, page.html),
+        first_element=first_content_element(html),
+        long_outputs=long_outputs(html),
     )
 
 
@@ -383,14 +526,15 @@ def main(argv=None) -> int:
     except BookError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    problems = []
+    problems = [f"{page}: loads {url} from outside the site (fails offline)"
+                for page, urls in outside_resources_in_site(args.html_dir).items() for url in urls]
     for report in reports:
         print(report.summary())
         if args.show_stderr:
             for text in report.stderr:
                 print("    stderr:", text[:300].replace("\n", "\n            "))
         problems += report.problems
-    for problem in problems:
+    for problem in dict.fromkeys(problems):  # a chapter's outside script is also a site's
         print("PROBLEM", problem)
     return 1 if problems else 0
 

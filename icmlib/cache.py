@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from icmlib.shipped import load_shipped, retrain_requested
+from icmlib.shipped import load_shipped, retrain_requested, shipped_dir
 
 ENV_VAR = "ICM_CACHE"
 
@@ -80,6 +80,22 @@ def checkpoint_path(kind: str, config: Mapping[str, Any]) -> Path:
     return cache_dir("checkpoints", kind) / f"{config_key(config)}.pt"
 
 
+#: Checkpoints whose "loaded" line this process has already printed.
+_ANNOUNCED: set = set()
+
+
+def _say_once(key, message: str) -> None:
+    """Print ``message`` the first time this process loads the checkpoint ``key``.
+
+    A chapter or a reproduction loads the same task network or codec many times (every
+    evaluation, every figure); one line saying where it came from is information, the
+    same line six times is noise. Training and saving are still said every time.
+    """
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        print(message)
+
+
 def train_or_load(kind: str, config: Mapping[str, Any], train: Callable[[], Any],
                   *, force: bool = False, verbose: bool = True) -> Any:
     """Load the object cached for (``kind``, ``config``), or call ``train()`` and cache it.
@@ -95,12 +111,13 @@ def train_or_load(kind: str, config: Mapping[str, Any], train: Callable[[], Any]
         shipped = load_shipped(kind, config, verbose=verbose)
         if shipped is not None:
             if verbose:
-                print(f"[icmlib] loaded {kind} from the shipped checkpoints (sha256 verified)")
+                _say_once(("shipped", str(shipped_dir()), kind, config_key(config)),
+                          f"[icmlib] loaded {kind} from the shipped checkpoints (sha256 verified)")
             return shipped
     path = checkpoint_path(kind, config)
     if path.exists() and not force:
         if verbose:
-            print(f"[icmlib] loaded {kind} from cache: {shown_path(path)}")
+            _say_once(path, f"[icmlib] loaded {kind} from cache: {shown_path(path)}")
         return torch.load(path, map_location="cpu", weights_only=False)
     if verbose:
         print(f"[icmlib] training {kind} (no cached checkpoint for this configuration) ...")

@@ -504,6 +504,16 @@ def _describe_terms(values: Mapping[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in values.items())
 
 
+def _bar_is_a_widget(bar) -> bool:
+    """True for tqdm's notebook (ipywidgets) bar: there, validation lines written under the
+    bar pile up into a long log on the chapter's page, so they are summed up instead."""
+    return type(bar).__module__.startswith("tqdm.notebook")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
 @contextlib.contextmanager
 def _threads(n: int):
     """Use ``n`` torch CPU threads inside the block (0: leave the setting alone)."""
@@ -685,6 +695,10 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
         shown = f"{len(lmbda)} rates" if rates else f"λ={lmbda:g}"
         bar = tqdm(total=steps, initial=start, unit="step",
                    desc=f"train {what}, {shown} ({preset.name})")
+    # In a notebook the bar is a widget and the validations are summed up in one line at
+    # the end (a chapter page shows the summary, not a log); in a terminal each is a line.
+    last_validation: List[str] = []
+    t_start = time.time()
 
     def save_checkpoint(step_done: int) -> None:
         rngs = _all_gather_object(_rng_state(train_ds), distributed)
@@ -712,8 +726,12 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
                         for k, v in metrics.items():
                             writer.add_scalar(f"val{suffix}/{k}", v, step_done)
             if bar is not None:
-                bar.write(f"step {step_done}: " + _describe_terms(
-                    {k: v for k, v in metrics.items() if k in ("bpp", "bpp_estimate", "psnr", "task_score")}))
+                said = f"step {step_done}: " + _describe_terms(
+                    {k: v for k, v in metrics.items() if k in ("bpp", "bpp_estimate", "psnr", "task_score")})
+                if _bar_is_a_widget(bar):
+                    last_validation[:] = [said]
+                else:
+                    bar.write(said)
         if distributed:
             import torch.distributed as dist
             dist.barrier()
@@ -809,6 +827,9 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
                 log.close()
         if writer is not None:
             writer.close()
+    if bar is not None and last_validation:
+        print(f"[icmlib] trained {bar.desc}: {steps - start} steps in "
+              f"{_duration(time.time() - t_start)}; last validation, {last_validation[0]}")
 
     # ---- the trained codec ----------------------------------------------------------------
     net.update(force=True)

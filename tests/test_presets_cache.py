@@ -59,6 +59,23 @@ def test_messages_show_cache_paths_relative_to_the_cache(tmp_path, monkeypatch, 
     assert cache.shown_path(tmp_path.parent / "elsewhere.pt") == str(tmp_path.parent / "elsewhere.pt")
 
 
+def test_loaded_from_cache_is_said_once_per_checkpoint(tmp_path, monkeypatch, capsys):
+    """A chapter loads the same checkpoint many times: the reader is told once per process."""
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path))
+    monkeypatch.setenv("ICM_SHIPPED_DIR", str(tmp_path / "no-shipped-set"))
+    cache.train_or_load("thing", {"a": 1}, lambda: {"v": 1})
+    for _ in range(3):
+        cache.train_or_load("thing", {"a": 1}, lambda: {"v": 1})
+        cache.train_or_load("thing", {"a": 2}, lambda: {"v": 2})
+    out = capsys.readouterr().out.splitlines()
+    assert sum("training thing" in line for line in out) == 2
+    assert sum("loaded thing from cache" in line for line in out) == 2  # {"a": 1} and {"a": 2}, once each
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path / "other"))  # another cache: other checkpoints
+    cache.train_or_load("thing", {"a": 1}, lambda: {"v": 1})
+    cache.train_or_load("thing", {"a": 1}, lambda: {"v": 1})
+    assert "loaded thing from cache" in capsys.readouterr().out
+
+
 def test_atomic_save_leaves_no_partial_file(tmp_path):
     class Boom:
         def __reduce__(self):

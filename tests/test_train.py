@@ -286,3 +286,24 @@ def test_training_works_when_called_under_no_grad(tmp_path, monkeypatch):
     with torch.no_grad():
         ckpt = train_codec("ci", strategy="mse", steps=3, out_dir=tmp_path / "run", progress=False)
     assert "state_dict" in ckpt
+
+
+@pytest.mark.parametrize("widget", [True, False])
+def test_validation_lines_in_a_terminal_one_summary_in_a_notebook(widget, monkeypatch, capsys, tmp_path):
+    """In a notebook (tqdm's widget bar) a chapter page shows one summary line, not a log
+    of every validation; in a terminal each validation is a line under the bar."""
+    import tqdm.auto
+    import tqdm.notebook
+    import tqdm.std
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", tqdm.notebook.tqdm if widget else tqdm.std.tqdm)
+    train_codec(ci(codec_steps=6, val_every=2, checkpoint_every=6), out_dir=tmp_path, progress=True)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("step ")]
+    summaries = [line for line in out.splitlines() if line.startswith("[icmlib] trained ")]
+    if widget:
+        assert lines == [] and len(summaries) == 1
+        assert "6 steps in" in summaries[0] and "last validation, step 6: bpp=" in summaries[0]
+    else:
+        assert [line.split(":")[0] for line in lines] == ["step 2", "step 4", "step 6"]
+        assert summaries == []
