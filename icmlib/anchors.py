@@ -13,7 +13,8 @@ learned one — is a ``Codec``::
 [0, 1]. Rates are measured from the real bytes: ``bpp(data, width, height)``.
 ``available_anchors()`` returns the codecs that can run here and says why the others cannot.
 
-What the bytes contain (all of it is counted in bpp):
+What the bytes contain (``codec.rate_parts(data)`` splits them, :mod:`icmlib.overheads`; the
+evaluation's ``bpp`` counts the coded part, ``bpp_file`` the whole file):
 
 * **Pillow codecs** — the complete file as Pillow writes it: a JFIF JPEG (optimized Huffman
   tables), a RIFF WebP, an AVIF (HEIF boxes around an AV1 payload, a few hundred bytes of
@@ -24,7 +25,8 @@ What the bytes contain (all of it is counted in bpp):
   x265 info SEI switched off), AV1 low-overhead OBUs (``-f obu``: temporal delimiter, sequence
   header, frame; no IVF/MP4 container), VVC Annex-B NAL units.
 * **Learned codecs** — the ``.icm`` file of ``icmlib.bitstream`` (36 bytes of header and
-  CRC around the two rANS streams), or a minimal 18-byte header (see ``LearnedCodec``).
+  CRC around the two rANS streams), or a minimal 18-byte header (see ``LearnedCodec``); the
+  coded part is the streams plus 8 bytes of side information (image size, stream lengths).
 
 Colour: the video codecs code YCbCr 4:2:0 (``chroma="420"``, the default) like the JVET/MPEG
 common test conditions and every deployed HEVC/AV1/VVC still-image profile; ``chroma="444"``
@@ -57,6 +59,8 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 from PIL import Image, features
+
+from icmlib import overheads
 
 __all__ = [
     "AnchorUnavailable", "Codec", "PillowCodec", "JPEG", "WebP", "AVIF", "JPEG2000",
@@ -121,6 +125,9 @@ class Codec:
     qualities: Tuple = ()
     #: what a setting means, for tables and plots ("quality", "QP", "target bpp", ...)
     quality_label: str = "quality"
+    #: the format of the bytes ``encode`` returns, as ``icmlib.overheads.FORMATS`` names it
+    #: (``None``: unknown, all of them counted as coded)
+    rate_format: Optional[str] = None
 
     def available(self) -> Tuple[bool, str]:
         return True, "available"
@@ -137,6 +144,12 @@ class Codec:
     def decode(self, data: bytes) -> Image.Image:
         self.require()
         return self._decode(bytes(data))
+
+    def rate_parts(self, data: bytes) -> Dict[str, int]:
+        """How ``data`` (this codec's output) splits into the coded stream a decoder needs
+        and the overheads around it (:mod:`icmlib.overheads`: ``coded``, ``headers``,
+        ``container``, ``metadata``, ``size_prefix``), parsed as its ``rate_format``."""
+        return overheads.split(self.rate_format, data)
 
     def roundtrip(self, image, quality) -> Tuple[bytes, Image.Image]:
         """Encode then decode: ``(bytes, decoded image)``."""
@@ -214,6 +227,7 @@ class JPEG(PillowCodec):
     quality factor 1–95. The JFIF headers alone are ~0.15–0.2 bpp on a 128×128 image, so JPEG
     cannot go lower there."""
     name, feature, library, format = "jpeg", "jpg", "libjpeg-dev", "JPEG"
+    rate_format = "jpeg"   # JFIF APP0: container; tables, frame and scan headers: coded
     quality_label = "quality"
     qualities = (2, 5, 10, 20, 35, 50, 70, 85)
 
@@ -224,6 +238,7 @@ class JPEG(PillowCodec):
 class WebP(PillowCodec):
     """Lossy WebP (libwebp, VP8 intra), method 6 (slowest, best). Setting: quality 0–100."""
     name, feature, library, format = "webp", "webp", "libwebp-dev", "WEBP"
+    rate_format = "webp"   # the VP8 chunk's payload: coded; RIFF and chunk headers: container
     qualities = (0, 5, 10, 20, 35, 50, 70, 85)
 
     def _save_kwargs(self, quality):
@@ -234,6 +249,7 @@ class AVIF(PillowCodec):
     """AVIF (AV1 intra in a HEIF container) through Pillow ≥ 11.2's libavif plugin, 4:2:0,
     speed 6. Setting: quality 0–100. The container costs a few hundred bytes."""
     name, feature, library, format = "avif", "avif", "libavif-dev", "AVIF"
+    rate_format = "avif"   # the AV1 image item: coded; the HEIF boxes: container
     qualities = (0, 10, 20, 30, 40, 50, 60, 70, 80)
 
     def _save_kwargs(self, quality):
@@ -247,6 +263,7 @@ class JPEG2000(PillowCodec):
     compression ratio 24 / bpp (``quality_mode="rates"``) and the rate control lands close
     to it — so the settings are the rate points themselves."""
     name, feature, library, format = "jpeg2000", "jpg_2000", "libopenjp2-7-dev", "JPEG2000"
+    rate_format = "jpeg2000"   # the codestream: coded, but OpenJPEG's comment (metadata)
     quality_label = "target bpp"
     qualities = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0)
 
@@ -440,6 +457,7 @@ class HEVC(FFmpegCodec):
     (0–51; higher = fewer bits). Output: raw Annex-B stream (``-f hevc``) with x265's info SEI
     (its whole command line, ~2 kB) switched off (``info=0``)."""
     name, encoder, bitstream_format, library = "hevc", "libx265", "hevc", "libx265"
+    rate_format = "sized-hevc"   # the 4-byte size prefix, then the Annex-B stream
     quality_label = "QP"
     qualities = (51, 47, 44, 41, 38, 35, 32, 29, 26)
 
@@ -461,6 +479,7 @@ class AV1(FFmpegCodec):
     Setting: CRF (0–63; higher = fewer bits). Output: AV1 low-overhead OBU stream
     (``-f obu``); decoded by ffmpeg's default AV1 decoder (libdav1d or libaom)."""
     name, encoder, bitstream_format, library = "av1", "libaom-av1", "obu", "libaom"
+    rate_format = "sized-av1"    # the 4-byte size prefix, then the OBU stream
     quality_label = "CRF"
     qualities = (63, 58, 53, 48, 43, 38, 33, 28, 23)
 
@@ -505,6 +524,7 @@ class VVC(Codec):
 
     name = "vvc"
     quality_label = "QP"
+    rate_format = "sized-vvc"    # the 4-byte size prefix, then the Annex-B stream
     qualities = (50, 47, 44, 41, 38, 35, 32, 29, 26)
 
     def __init__(self, qualities=None, encoder: Optional[str] = None,
@@ -733,6 +753,17 @@ class LearnedCodec(Codec):
         from icmlib.codec import encode_image
         enc = encode_image(net, x)
         return pack_strings(index, enc["size"], enc["shape"], enc["strings"])
+
+    def rate_parts(self, data: bytes) -> Dict[str, int]:
+        """The rANS streams plus the minimal side information (image size, a 16-bit length
+        per stream: ``overheads.learned_side_bytes``) are coded; the rest of the ``.icm``
+        (or raw) header is container."""
+        if self.container == "icm":
+            from icmlib import bitstream
+            streams = bitstream.unpack(data).streams
+        else:
+            streams = unpack_strings(data)[3]
+        return overheads.learned_parts(streams, len(data))
 
     def _decode(self, data: bytes) -> Image.Image:
         if self.container == "icm":

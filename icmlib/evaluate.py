@@ -3,7 +3,10 @@
 For one codec and a list of its rate settings, over a COCO-format dataset, every image is
 
 1. **encoded to real bytes** by the codec (a Pillow/ffmpeg anchor or a learned codec),
-   and its rate taken from the length of those bytes: ``bpp = 8 * len(bytes) / (H * W)``;
+   and its rate taken from those bytes, split by ``codec.rate_parts`` (:mod:`icmlib.overheads`):
+   ``bpp = 8 * coded bytes / (H * W)`` counts the coded bitstream the decoder needs, the
+   same rule for every codec; ``bpp_file = 8 * len(bytes) / (H * W)`` the whole file, and
+   ``overhead_bytes`` what the difference is made of (container, metadata, size prefix);
 2. **decoded** back to an 8-bit image, exactly what a receiver would see;
 3. compared with the original (PSNR, MS-SSIM: for humans) and handed to the **frozen task
    networks** (Faster R-CNN, Mask R-CNN, the semantic U-Net: for machines), whose
@@ -14,9 +17,11 @@ For one codec and a list of its rate settings, over a COCO-format dataset, every
 Averaging
 ---------
 * ``bpp`` is the **mean over images of each image's bpp** (the convention of CompressAI
-  and of learned-compression papers); ``bpp_total`` — total bits over total pixels — is
-  recorded next to it (the two coincide when all images have the same size, as in the
-  synthetic world).
+  and of learned-compression papers); ``bpp_total`` — total coded bits over total pixels —
+  is recorded next to it (the two coincide when all images have the same size, as in the
+  synthetic world). ``bpp_file`` is the same mean over whole files, ``bytes`` and
+  ``bytes_file`` the totals, ``overhead_bytes`` the mean bytes per image of each part that
+  ``bpp`` leaves out (and of the ``headers`` it counts).
 * ``psnr`` and ``ms_ssim`` are means over images of the per-image values.
 * mAP is one number for the whole dataset, as COCO defines it (all detections of all
   images ranked together), not a mean of per-image APs.
@@ -46,7 +51,7 @@ from PIL import Image
 from icmlib.results import TASK_METRIC, codec_entry, curve
 
 #: bump when the evaluation code changes what it measures (invalidates cached evaluations)
-EVALUATION_VERSION = "evaluate/1"
+EVALUATION_VERSION = "evaluate/2"  # 2: bpp counts coded bits, bpp_file whole files
 
 DEFAULT_TASKS = ("detection", "instance")
 
@@ -240,6 +245,21 @@ def encode_bytes(codec, image: Image.Image, setting) -> bytes:
     return bytes(data)
 
 
+def coded_parts(codec, data: bytes) -> Dict[str, int]:
+    """``codec.rate_parts(data)`` (:mod:`icmlib.overheads`), checked to add up to the file.
+    A codec without ``rate_parts`` (any object with ``encode``/``decode``) counts its whole
+    output as coded."""
+    from icmlib import overheads
+
+    split = getattr(codec, "rate_parts", None)
+    try:
+        parts = split(data) if split is not None else overheads.whole(len(data))
+        return overheads.check_parts(parts, len(data), getattr(codec, "name", "codec"))
+    except ValueError as err:
+        raise EvaluationError(f"codec {codec.name!r}: cannot split its bytes into coded "
+                              f"stream and overheads: {err}") from None
+
+
 def decode_image(codec, data: bytes, setting, size: Tuple[int, int]) -> torch.Tensor:
     """``codec.decode(data)`` -> [3, H, W] tensor, checked against the original size."""
     out = codec.decode(data)
@@ -305,7 +325,8 @@ class CodedImages(_abc.Sequence):
         except ValueError:  # image too small for even one MS-SSIM scale
             ms = float("nan")
         h, w = original.shape[-2:]
-        self.stats[i] = {"bytes": len(data), "pixels": int(h * w), "psnr": float(psnr(dec, original)),
+        self.stats[i] = {"bytes": len(data), "parts": coded_parts(self.codec, data),
+                         "pixels": int(h * w), "psnr": float(psnr(dec, original)),
                          "ms_ssim": ms, "encode_s": t1 - t0, "decode_s": t2 - t1,
                          "size": (int(h), int(w))}
         self.data[i] = data
@@ -323,23 +344,36 @@ class CodedImages(_abc.Sequence):
         return self
 
     def summary(self) -> Dict[str, Any]:
-        """bpp (per-image mean and total), PSNR and MS-SSIM means, timings."""
+        """bpp of the coded bits (per-image mean and total) and of whole files, the mean
+        bytes per image of each overhead, PSNR and MS-SSIM means, timings."""
         self.complete()
         st = [self.stats[i] for i in range(len(self))]
-        bpps = [8.0 * s["bytes"] / s["pixels"] for s in st]
+        coded = [s["parts"]["coded"] for s in st]
         psnrs = [s["psnr"] for s in st if np.isfinite(s["psnr"])]
         ssims = [s["ms_ssim"] for s in st if np.isfinite(s["ms_ssim"])]
         n = max(len(st), 1)
         return {
-            "bpp": float(np.mean(bpps)),
-            "bpp_total": 8.0 * sum(s["bytes"] for s in st) / sum(s["pixels"] for s in st),
-            "bytes": int(sum(s["bytes"] for s in st)),
+            "bpp": float(np.mean([8.0 * c / s["pixels"] for c, s in zip(coded, st)])),
+            "bpp_file": float(np.mean([8.0 * s["bytes"] / s["pixels"] for s in st])),
+            "bpp_total": 8.0 * sum(coded) / sum(s["pixels"] for s in st),
+            "bytes": int(sum(coded)),
+            "bytes_file": int(sum(s["bytes"] for s in st)),
+            "overhead_bytes": _mean_overheads([s["parts"] for s in st]),
             "psnr": float(np.mean(psnrs)) if psnrs else None,
             "ms_ssim": float(np.mean(ssims)) if ssims else None,
             "num_images": len(st),
             "encode_s": sum(s["encode_s"] for s in st) / n,
             "decode_s": sum(s["decode_s"] for s in st) / n,
         }
+
+
+def _mean_overheads(parts: Sequence[Mapping[str, int]]) -> Dict[str, float]:
+    """Mean bytes per image of every part but ``coded`` (``headers`` only if measured on
+    every image)."""
+    from icmlib.overheads import OVERHEADS
+
+    keys = list(OVERHEADS) + (["headers"] if all("headers" in p for p in parts) else [])
+    return {k: float(np.mean([p.get(k, 0) for p in parts])) for k in keys}
 
 
 def evaluate_point(codec, setting, dataset, networks: Mapping[str, torch.nn.Module], *,
@@ -451,7 +485,8 @@ def better_than_reference(results: Mapping[str, Any], metric: str) -> List[Dict[
 
 def bd_rate_table(results: Mapping[str, Any], anchors: Optional[Sequence[str]] = None,
                   metric: str = "bbox_map", tests: Optional[Sequence[str]] = None,
-                  method: str = "pchip", min_overlap: float = 0.2, as_text: bool = True):
+                  method: str = "pchip", min_overlap: float = 0.2, as_text: bool = True,
+                  rate: str = "bpp"):
     """The paper's BD-rate table from a results file: each test codec against each anchor.
 
     Args:
@@ -465,6 +500,9 @@ def bd_rate_table(results: Mapping[str, Any], anchors: Optional[Sequence[str]] =
             running-maximum frontier, see :mod:`icmlib.bdrate`) or ``"cubic"``.
         as_text: cells are strings — ``"-41.2 %"`` or ``"n/a (reason)"`` — ready to print;
             with ``False`` they are floats (NaN where not computable).
+        rate: ``"bpp"`` (coded bits, the same rule for every codec: :mod:`icmlib.overheads`)
+            or ``"bpp_file"`` (whole files; an older results file's ``bpp`` serves for
+            both, :func:`icmlib.results.point_rate`).
 
     Returns a pandas DataFrame, rows = test codecs, columns = anchors. Negative = the
     test codec needs fewer bits than the anchor for the same accuracy.
@@ -485,7 +523,7 @@ def bd_rate_table(results: Mapping[str, Any], anchors: Optional[Sequence[str]] =
         tests = [n for n, c in codecs.items() if n not in anchors and c.get("kind") == "learned"]
     curves = {}
     for name in list(anchors) + list(tests):
-        rates, values = curve(codecs[name], metric)
+        rates, values = curve(codecs[name], metric, rate)
         curves[name] = list(zip(rates, values))
     cells: Dict[str, Dict[str, Any]] = {t: {} for t in tests}
     usable = {n: pts for n, pts in curves.items() if len(pts) >= 2}
@@ -506,7 +544,30 @@ def bd_rate_table(results: Mapping[str, Any], anchors: Optional[Sequence[str]] =
             else:
                 cells[t][a] = f"{r['bd_rate']:+.1f} %" if as_text else float(r["bd_rate"])
     df = pd.DataFrame.from_dict(cells, orient="index", columns=list(anchors))
-    df.index.name = f"BD-rate on {metric}"
+    df.index.name = f"BD-rate on {metric}" + (" (whole files)" if rate == "bpp_file" else "")
+    return df
+
+
+def overhead_table(results: Mapping[str, Any]):
+    """Per codec: the mean bytes per image of each part of its files (:mod:`icmlib.overheads`;
+    mean over its points), and at its lowest rate point the bpp the rule counts, the whole
+    file's bpp and the share of the file the rule leaves out. Codecs whose points carry no
+    ``overhead_bytes`` (a results file written before the split) are left out."""
+    import pandas as pd
+
+    rows = {}
+    for c in results["codecs"]:
+        pts = [p for p in c["points"] if p.get("overhead_bytes") and p.get("bpp_file")]
+        if not pts:
+            continue
+        low = min(pts, key=lambda p: p["bpp"])
+        row = {f"{k} [B]": float(np.mean([p["overhead_bytes"].get(k, np.nan) for p in pts]))
+               for k in ("headers", "container", "metadata", "size_prefix")}
+        row.update({"lowest point: bpp": low["bpp"], "bpp_file": low["bpp_file"],
+                    "not counted": 1 - low["bpp"] / low["bpp_file"]})
+        rows[c["name"]] = row
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "codec"
     return df
 
 
@@ -520,18 +581,19 @@ def _short_reason(error: str) -> str:
 
 def bd_rate_details(results: Mapping[str, Any], anchors: Sequence[str], metric: str,
                     tests: Sequence[str], method: str = "pchip",
-                    min_overlap: float = 0.2) -> List[Dict[str, Any]]:
-    """The BD-rate table as rows with the full error / warning messages (for the JSON)."""
+                    min_overlap: float = 0.2, rate: str = "bpp") -> List[Dict[str, Any]]:
+    """The BD-rate table as rows with the full error / warning messages (for the JSON),
+    on ``rate`` (``"bpp"``: coded bits; ``"bpp_file"``: whole files)."""
     from icmlib.bdrate import bd_rate_table as _table
 
     codecs = {c["name"]: c for c in results["codecs"]}
-    curves = {n: list(zip(*curve(codecs[n], metric))) for n in list(anchors) + list(tests)
+    curves = {n: list(zip(*curve(codecs[n], metric, rate))) for n in list(anchors) + list(tests)
               if n in codecs}
     usable = {n: p for n, p in curves.items() if len(p) >= 2}
     table = _table(usable, anchors=[a for a in anchors if a in usable],
                    tests=[t for t in tests if t in usable], method=method,
                    min_overlap=min_overlap, quality_name=metric)
-    return [{"test": t, "anchor": a, "metric": metric, "method": method, **v}
+    return [{"test": t, "anchor": a, "metric": metric, "method": method, "rate": rate, **v}
             for (t, a), v in table.items()]
 
 

@@ -572,7 +572,7 @@ def summary_markdown(results: Dict[str, Any]) -> str:
     if skipped:
         lines += ["Skipped anchors:", ""] + [f"- {k}: {v}" for k, v in skipped.items()] + [""]
     lines += ["## BD-rate (PCHIP; negative = fewer bits for the same task accuracy)", "",
-              f"Rates count the coded bitstream, the same rule for every codec: "
+              f"What the rates count, the same for every codec: "
               f"{results.get('rate_rule') or RATE_RULE_OLD}.", "",
               dataframe_to_markdown(_flat(paper_table(results))), "",
               "Paper (Le et al. 2021, vs VVC): detection −37.87 %, instance segmentation "

@@ -21,7 +21,8 @@ Schema (``"schema": "icmlib-results/1"``)
       "dataset": {"name": "synthetic", "split": "val", "num_images": 64,
                   "annotations": ".../instances_val.json"},
       "tasks": ["detection", "instance"],
-      "bpp_averaging": "per-image mean of 8*len(bytes)/(H*W)",
+      "bpp_averaging": "per-image mean of 8*(coded bytes)/(H*W)",
+      "rate_rule": "coded bitstream only: ...",    # what bpp counts (icmlib.overheads.RULE)
       "reference": {"bbox_map": 0.71, "bbox_map50": 0.93, ...},   # uncompressed originals
       "codecs": [                                   # one entry per codec (one RD curve)
         {"name": "JPEG", "kind": "anchor",          # "anchor" | "learned"
@@ -29,8 +30,13 @@ Schema (``"schema": "icmlib-results/1"``)
          "task": null, "strategy": null,            # learned codecs: what they were trained for
          "points": [                                # one per rate point, sorted by bpp
            {"setting": 10,                          # the codec's quality knob / rate index
-            "bpp": 0.81,                            # mean over images of 8*len(bytes)/pixels
-            "bpp_total": 0.81,                      # total bits / total pixels
+            "bpp": 0.81,                            # mean over images of 8*coded bytes/pixels
+            "bpp_file": 0.82,                       # the same over whole files
+            "bpp_total": 0.81,                      # total coded bits / total pixels
+            "bytes": 26542, "bytes_file": 26830,    # totals over the images
+            "overhead_bytes": {"container": 18,     # mean bytes per image not counted in
+              "metadata": 0, "size_prefix": 0,      #   bpp, and the per-image headers
+              "headers": 280},                      #   counted in it (icmlib.overheads)
             "psnr": 27.3, "ms_ssim": 0.93,          # means over images
             "bbox_map": 0.52, "bbox_map50": 0.80,   # detection network (Faster R-CNN)
             "segm_map": 0.44, "segm_map50": 0.75,   # instance network (Mask R-CNN) masks
@@ -43,7 +49,12 @@ Schema (``"schema": "icmlib-results/1"``)
 
 Every metric name in a point is a flat key, so ``plot_rd_curves(results, "segm_map")``
 and ``bd_rate_table(results, metric="bbox_map")`` address them directly. Metric
-names produced by the evaluation are listed in :data:`METRICS`.
+names produced by the evaluation are listed in :data:`METRICS`; the two rates a BD-rate
+can be computed on in :data:`RATES`.
+
+Files written before the rate split (evaluation ``evaluate/1``) have no ``bpp_file``,
+``bytes_file`` or ``overhead_bytes``; their ``bpp`` counted whole files, and
+:func:`point_rate` reads it for both rates.
 """
 from __future__ import annotations
 
@@ -60,7 +71,8 @@ SCHEMA = "icmlib-results/1"
 
 #: metric key -> (human label, higher is better)
 METRICS: Dict[str, tuple] = {
-    "bpp": ("bits per pixel (from real bytes)", False),
+    "bpp": ("bits per pixel (coded bitstream, from real bytes)", False),
+    "bpp_file": ("bits per pixel (whole files)", False),
     "psnr": ("PSNR [dB]", True),
     "ms_ssim": ("MS-SSIM", True),
     "bbox_map": ("detection mAP@[.5:.95] (bbox)", True),
@@ -75,7 +87,11 @@ METRICS: Dict[str, tuple] = {
 #: which metric measures each task in the BD-rate table (as in the paper)
 TASK_METRIC = {"detection": "bbox_map", "instance": "segm_map", "semantic": "miou"}
 
-BPP_AVERAGING = "per-image mean of 8*len(bytes)/(H*W)"
+BPP_AVERAGING = "per-image mean of 8*(coded bytes)/(H*W)"
+
+#: the rates a point carries: key -> what it counts
+RATES = {"bpp": "coded bits (the BD-rate rule: the bitstream the decoder needs)",
+         "bpp_file": "whole files (.icm and each anchor's file format)"}
 
 REQUIRED_KEYS = ("schema", "codecs", "reference", "dataset", "preset", "command", "commit",
                  "device", "created", "icmlib_version")
@@ -167,10 +183,17 @@ def new_results(*, preset: Any, dataset: Dict[str, Any], tasks, reference: Dict[
         "dataset": dict(dataset),
         "tasks": list(tasks),
         "bpp_averaging": BPP_AVERAGING,
+        "rate_rule": _rate_rule(),
         "reference": dict(reference),
         "codecs": list(codecs or []),
         "extra": dict(extra or {}),
     }
+
+
+def _rate_rule() -> str:
+    from icmlib.overheads import RULE
+
+    return RULE
 
 
 def codec_entry(name: str, points: List[Dict[str, Any]], *, kind: str = "anchor",
@@ -262,11 +285,23 @@ def find_codec(results: Dict[str, Any], name: str) -> Dict[str, Any]:
                        f"{[c['name'] for c in results['codecs']]}")
 
 
+def point_rate(point: Dict[str, Any], rate: str = "bpp") -> Optional[float]:
+    """A point's rate: ``"bpp"`` (coded bits) or ``"bpp_file"`` (whole files). A point of
+    an older file, written before the split, has only ``bpp`` (then counting whole files):
+    it serves for both."""
+    if rate not in RATES:
+        raise ValueError(f"rate must be one of {list(RATES)}, got {rate!r}")
+    value = point.get(rate)
+    return point.get("bpp") if value is None and rate == "bpp_file" else value
+
+
 def curve(codec: Dict[str, Any], metric: str, rate: str = "bpp"):
-    """(rates, values) of one codec for ``metric``, points without the metric left out."""
-    pts = [p for p in codec["points"] if p.get(metric) is not None and p.get(rate) is not None]
-    pts.sort(key=lambda p: p[rate])
-    return [p[rate] for p in pts], [p[metric] for p in pts]
+    """(rates, values) of one codec for ``metric``, points without the metric left out;
+    ``rate``: ``"bpp"`` (coded bits) or ``"bpp_file"`` (whole files, :func:`point_rate`)."""
+    pts = [(point_rate(p, rate), p[metric]) for p in codec["points"]
+           if p.get(metric) is not None and point_rate(p, rate) is not None]
+    pts.sort(key=lambda p: p[0])
+    return [r for r, _ in pts], [v for _, v in pts]
 
 
 def metric_label(metric: str) -> str:

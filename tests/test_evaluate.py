@@ -125,12 +125,22 @@ def test_evaluate_anchor_and_learned_codec_bpp_from_real_bytes(dataset, networks
         entries[codec.name] = entry
         assert entry["name"] == codec.name and len(entry["points"]) == len(settings)
         for point in entry["points"]:
-            # the bpp is the mean of 8*len(bytes)/pixels over the images, checked here by
-            # encoding again (encoders are deterministic)
-            lengths = [len(codec.encode(ev.tensor_to_pil(im), point["setting"])) for im in images]
-            expect = np.mean([8 * n / (im.shape[1] * im.shape[2]) for n, im in zip(lengths, images)])
-            assert point["bpp"] == pytest.approx(expect, rel=1e-12)
-            assert point["bytes"] == sum(lengths)
+            # bpp is the mean of 8*coded bytes/pixels over the images, bpp_file the same of
+            # whole files: checked here by encoding again (encoders are deterministic)
+            files = [codec.encode(ev.tensor_to_pil(im), point["setting"]) for im in images]
+            coded = [codec.rate_parts(f)["coded"] for f in files]
+            pixels = [im.shape[1] * im.shape[2] for im in images]
+            assert point["bpp"] == pytest.approx(np.mean([8 * c / n for c, n in zip(coded, pixels)]),
+                                                 rel=1e-12)
+            assert point["bpp_file"] == pytest.approx(
+                np.mean([8 * len(f) / n for f, n in zip(files, pixels)]), rel=1e-12)
+            assert point["bytes"] == sum(coded) and point["bytes_file"] == sum(map(len, files))
+            over = point["overhead_bytes"]
+            # JFIF APP0 (18 bytes) / the .icm container beyond its 8 bytes of side information
+            assert over["container"] == (18 if codec.name == "jpeg" else 28)
+            assert over["size_prefix"] == over["metadata"] == 0
+            if codec.name == "tiny":
+                assert over["headers"] == 8
             assert point["num_images"] == len(images) == 2
             assert 5 < point["psnr"] < 60
             assert 0 < point["ms_ssim"] <= 1
@@ -224,6 +234,50 @@ def test_bd_rate_table_in_paper_form():
         ev.bd_rate_table(results, anchors=["vvc"])
     md = ev.dataframe_to_markdown(df)
     assert md.count("\n") == 4 and "n/a (too little overlap)" in md
+
+
+def test_bd_rate_on_whole_files_and_old_results_files():
+    """rate="bpp_file" reads each point's whole-file rate; a point of an older file (only
+    "bpp") serves for both rates, so its two tables agree."""
+    old = _fake_results()
+    assert ev.bd_rate_table(old, rate="bpp_file").equals(ev.bd_rate_table(old))
+    assert ev.overhead_table(old).empty  # nothing measured: no overhead rows
+    new = _fake_results()
+    for c in new["codecs"]:  # a 36-byte container on 64×64 images: +0.07 bpp on every file
+        for p in c["points"]:
+            p["bpp_file"] = p["bpp"] + (8 * 36 / 4096 if c["kind"] == "learned" else 0.0)
+            p["overhead_bytes"] = {"container": 36.0 if c["kind"] == "learned" else 0.0,
+                                   "metadata": 0.0, "size_prefix": 0.0}
+    coded = ev.bd_rate_table(new, metric="bbox_map", as_text=False)
+    files = ev.bd_rate_table(new, metric="bbox_map", as_text=False, rate="bpp_file")
+    assert files.index.name.endswith("(whole files)")
+    # the container costs the learned codec bits against JPEG, which pays none here
+    assert files.loc["ICM dynamic (detection)", "jpeg"] > coded.loc["ICM dynamic (detection)", "jpeg"]
+    details = ev.bd_rate_details(new, ["jpeg"], "bbox_map", ["ICM dynamic (detection)"],
+                                 rate="bpp_file")
+    assert details[0]["rate"] == "bpp_file"
+    assert details[0]["bd_rate"] == pytest.approx(files.loc["ICM dynamic (detection)", "jpeg"])
+    table = ev.overhead_table(new)
+    assert table.loc["ICM dynamic (detection)", "container [B]"] == 36
+    assert table.loc["ICM dynamic (detection)", "not counted"] == pytest.approx(
+        1 - 0.1 / (0.1 + 8 * 36 / 4096))
+    with pytest.raises(ValueError, match="rate must be"):
+        res.curve(new["codecs"][0], "bbox_map", rate="bytes")
+
+
+def test_summary_states_the_rule_and_shows_both_tables(tmp_path):
+    from icmlib import reproduce as rp
+
+    results = _fake_results()
+    assert "coded bitstream" in results["rate_rule"]
+    md = rp.summary_markdown(results)
+    assert results["rate_rule"] in md and "The same table on whole files" in md
+    old = _fake_results()
+    del old["rate_rule"]  # a file written before the split says what its bpp counted
+    assert rp.RATE_RULE_OLD in rp.summary_markdown(old)
+    files = rp.write_outputs(results, tmp_path)
+    assert files["bd_rate_file_md"].read_text().startswith("| codec (task)")
+    assert (tmp_path / "bd_rate_file.csv").is_file()
 
 
 def test_better_than_reference():
