@@ -571,6 +571,41 @@ def overhead_table(results: Mapping[str, Any]):
     return df
 
 
+def overhead_comparison(codecs: Sequence[Any], sizes: Sequence[Tuple[int, int]] = ((128, 128),
+                                                                             (640, 480)),
+                        seed: int = 0):
+    """What each codec's file carries beside the coded bits, at two image sizes.
+
+    For every codec at its lowest setting (``qualities[0]``), on a synthetic-world image of
+    each ``(width, height)`` (the ``cpu`` preset's 128×128 and a COCO-sized 640×480): the
+    bytes the BD-rate rule leaves out (container + metadata + size prefix,
+    :mod:`icmlib.overheads`), what they are in bpp and as a share of the file, and the
+    per-image headers the rule counts. Fixed bytes weigh 18.75 times more per pixel on the
+    small image. Returns a DataFrame, rows = codecs, columns = (size, quantity)."""
+    import pandas as pd
+
+    from icmlib.data import _render_image
+    from icmlib.overheads import measure
+
+    images = {}
+    for w, h in sizes:
+        pixels, _ = _render_image(np.random.default_rng(seed), max(w, h), 3)
+        images[f"{w}×{h}"] = pixels[:h, :w]
+    rows: Dict[str, Dict[Tuple[str, str], Any]] = {}
+    for codec in codecs:
+        for label, image in images.items():
+            m = measure(codec, image, codec.qualities[0])
+            rows.setdefault(codec.name, {}).update({
+                (label, "not counted [B]"): m["not_counted"],
+                (label, "not counted [bpp]"): round(m["bpp_not_counted"], 4),
+                (label, "share of file"): f"{m['share_not_counted']:.1%}",
+                (label, "headers [B]"): m.get("headers", "")})
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.columns = pd.MultiIndex.from_tuples(df.columns)
+    df.index.name = "codec (lowest setting)"
+    return df
+
+
 def _short_reason(error: str) -> str:
     if "overlap" in error:
         return "too little overlap"

@@ -265,6 +265,17 @@ def test_bd_rate_on_whole_files_and_old_results_files():
         res.curve(new["codecs"][0], "bbox_map", rate="bytes")
 
 
+def test_overhead_comparison_at_two_sizes(tiny_codec):
+    df = ev.overhead_comparison([JPEG(), tiny_codec], sizes=((64, 64), (128, 64)))
+    assert list(df.index) == ["jpeg", "tiny"]
+    for size, pixels in (("64×64", 4096), ("128×64", 8192)):
+        # JFIF APP0; the .icm container beyond the 8 bytes of side information
+        assert df.loc["jpeg", (size, "not counted [B]")] == 18
+        assert df.loc["tiny", (size, "not counted [B]")] == 28
+        assert df.loc["tiny", (size, "headers [B]")] == 8
+        assert df.loc["tiny", (size, "not counted [bpp]")] == pytest.approx(8 * 28 / pixels, abs=1e-4)
+
+
 def test_summary_states_the_rule_and_shows_both_tables(tmp_path):
     from icmlib import reproduce as rp
 
