@@ -670,7 +670,9 @@ class LearnedCodec(Codec):
             file names. ``"raw"``: the streams with a minimal header (``pack_strings``:
             setting index, image and latent sizes, stream lengths — 18 bytes for two
             streams); needed for models the ``.icm`` format does not describe (one stream,
-            e.g. ``bmshj2018-factorized``). Either way the header is counted in bpp.
+            e.g. ``bmshj2018-factorized``). Either way the whole file is what
+            the evaluation's ``bpp_file`` counts; its ``bpp`` counts the streams plus 8 bytes
+            of side information (``rate_parts``).
 
     Encoding runs ``icmlib.codec.encode_image`` (pad to the stride, ``net.compress``).
     """
