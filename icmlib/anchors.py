@@ -675,6 +675,9 @@ class LearnedCodec(Codec):
             of side information (``rate_parts``).
 
     Encoding runs ``icmlib.codec.encode_image`` (pad to the stride, ``net.compress``).
+    Decoding runs CompressAI's fast rANS decoder, which trusts its input: ``decode`` is
+    for bytes this codec encoded (as in evaluation); decode a file from elsewhere with
+    ``icmlib.bitstream.decompress_file``, which checks every read.
     """
 
     quality_label = "model"
@@ -775,7 +778,9 @@ class LearnedCodec(Codec):
             order = sorted(range(len(self.qualities)), key=lambda i: i not in self._loaded)
             for index in order:
                 if self._fingerprint_at(index) == f.fingerprint:
-                    return to_pil(bitstream.decompress_file(self._model_at(index), f))
+                    # the fast C++ rANS decoder: evaluation decodes the bytes it just encoded
+                    return to_pil(bitstream.decompress_file(self._model_at(index), f,
+                                                            checked=False))
             raise bitstream.BitstreamError(
                 f"{self.name}: this file was written by model {f.fingerprint.hex()}, which is "
                 f"none of this codec's {len(self.qualities)} model(s)")

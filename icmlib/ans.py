@@ -66,6 +66,8 @@ LOWER_BOUND = 1 << 31
 WORD_BITS = 32
 #: CompressAI's bypass mode codes out-of-range values in chunks of this many raw bits.
 BYPASS_BITS = 4
+#: Most chunks a bypassed value can have: the encoder's raw values are int64 (63 bits).
+MAX_BYPASS_CHUNKS = 16
 
 ArrayLike = Union[Sequence[int], np.ndarray]
 
@@ -389,6 +391,10 @@ def decode_with_indexes(data: bytes, indexes: ArrayLike, cdfs, cdf_lengths: Arra
             while chunk == max_chunk:
                 chunk = dec.get_bits(BYPASS_BITS)
                 n_chunks += chunk
+                if n_chunks > MAX_BYPASS_CHUNKS:  # no encoder writes this: a damaged stream
+                    raise RansError(f"a bypassed value of more than {MAX_BYPASS_CHUNKS} "
+                                    f"chunks: damaged data, or not the tables it was "
+                                    f"encoded with")
             raw = 0
             for j in range(n_chunks):
                 raw |= dec.get_bits(BYPASS_BITS) << (j * BYPASS_BITS)
@@ -410,7 +416,13 @@ class CompressAICoder:
         return encode_with_indexes(*args, **kwargs)
 
     def decode_with_indexes(self, *args, **kwargs) -> List[int]:
-        return decode_with_indexes(*args, **kwargs)
+        """Like CompressAI's, which returns int32 values: a damaged stream whose values do
+        not fit raises ``RansError`` (torch would fail on them with an overflow error)."""
+        values = decode_with_indexes(*args, **kwargs)
+        if values and not (-2 ** 31 <= min(values) and max(values) < 2 ** 31):
+            raise RansError("a decoded value does not fit in 32 bits: damaged data, or not "
+                            "the tables it was encoded with")
+        return values
 
 
 class use_icmlib_ans:

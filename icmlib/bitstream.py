@@ -6,13 +6,13 @@ them: decoding them with another model's weights gives a wrong image without any
 The container therefore records which model wrote it, and protects everything with a
 checksum, so every way a file can go wrong ends in one clear ``BitstreamError``.
 
-Byte layout (format version 1; integers are unsigned, big-endian, as in PNG)::
+Byte layout (format version 2; integers are unsigned, big-endian, as in PNG)::
 
     offset     size  field
     ---------  ----  ---------------------------------------------------------------
     0          4     magic  89 49 43 4D  ("\\x89ICM"; the high byte catches 7-bit
                      transfers, like PNG's)
-    4          1     format version (1)
+    4          1     format version (2; see below)
     5          8     model fingerprint: ``icmlib.codec.fingerprint(net)``, a hash of
                      the decoder's weights and CDF tables
     13         2     image height H (pixels)
@@ -30,16 +30,25 @@ The fixed part (``header_size(n)``) is 24 + 4n + 4 bytes: 36 bytes for the usual
 streams. Everything else is rANS output, so the file's bits per pixel are the
 likelihood estimate plus rANS's few bytes of flushed state per stream plus this header.
 
+Versions: 2 computes the hyperprior's scales and means in float64 on the CPU, so a file
+decodes the same whatever device encoded it (``icmlib.codec._ExactHyperSynthesis``).
+Version 1 (the same layout) computed them in float32 on the encoder's device; a version-1
+file is still read (``icm info``), but decoding it is refused with a clear message, since
+this icmlib would pick other CDFs for some symbols and decode a wrong image.
+
 What is checked, in order, on reading: empty file; magic; version; header complete;
 file length equal to what the header describes (truncated / trailing bytes); CRC-32;
 plausible header values (sizes, padding, latent shape, streams). ``decompress_bytes``
 then refuses a file written by another model (the fingerprints differ) before any
 tensor is touched. The CRC catches every accidental damage of up to 32 bits in a row and
-all but one in 4 billion others; a file *crafted* to carry a valid checksum over garbage
-streams is outside this format's promise (CompressAI's C++ decoder does not bounds-check).
+all but one in 4 billion others. A file *crafted* to carry a valid checksum over damaged
+streams decodes to some image or raises ``BitstreamError``, never crashes or hangs: the
+streams are decoded with ``icmlib.ans``, which checks every read (CompressAI's C++ decoder
+does not, so it only decodes bytes the caller wrote itself: ``checked=False``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import zlib
@@ -52,7 +61,9 @@ import torch
 from icmlib.codec import STRIDE, decode_image, encode_image, fingerprint, padding_for
 
 MAGIC = b"\x89ICM"
-VERSION = 1
+VERSION = 2
+#: versions ``unpack`` reads; only ``VERSION`` is decoded (see the module docstring)
+READABLE_VERSIONS = (1, 2)
 #: magic, version, fingerprint, H, W, pad_bottom, pad_right, zh, zw, number of streams
 _FIXED = struct.Struct(">4sB8sHHBBHHB")
 _CRC = struct.Struct(">I")
@@ -103,6 +114,8 @@ class ICMFile:
 
 def _check_values(f: ICMFile) -> None:
     """Header values that no encoder writes: refuse them before they reach torch."""
+    if f.version not in READABLE_VERSIONS:
+        raise BitstreamError(f"unsupported .icm format version {f.version}")
     if len(f.fingerprint) != 8:
         raise BitstreamError(f"model fingerprint must be 8 bytes, got {len(f.fingerprint)}")
     if not (1 <= f.height <= MAX_SIDE and 1 <= f.width <= MAX_SIDE):
@@ -127,7 +140,7 @@ def pack(f: ICMFile) -> bytes:
     """The bytes of an ``.icm`` file (see the module docstring for the layout)."""
     _check_values(f)
     streams = [bytes(s) for s in f.streams]
-    head = _FIXED.pack(MAGIC, VERSION, bytes(f.fingerprint), f.height, f.width,
+    head = _FIXED.pack(MAGIC, f.version, bytes(f.fingerprint), f.height, f.width,
                        f.padding[0], f.padding[1], f.latent_shape[0], f.latent_shape[1],
                        len(streams))
     lengths = struct.pack(f">{len(streams)}I", *(len(s) for s in streams))
@@ -147,7 +160,7 @@ def unpack(data: bytes) -> ICMFile:
     if len(data) < len(MAGIC) + 1:
         raise BitstreamError(f"truncated .icm file: only {len(data)} bytes")
     version = data[len(MAGIC)]
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         raise BitstreamError(f"unsupported .icm format version {version}: this icmlib reads "
                              f"version {VERSION} (a newer icmlib wrote it, or the file is "
                              f"damaged)")
@@ -280,7 +293,14 @@ def compress_to_bytes(net, image: torch.Tensor) -> bytes:
 
 
 def check_model(f: ICMFile, net) -> None:
-    """Refuse to decode with a model other than the one that wrote the file."""
+    """Refuse to decode with a model other than the one that wrote the file, or a file
+    of an older format version."""
+    if f.version != VERSION:
+        raise BitstreamError(
+            f"this .icm file is format version {f.version}, whose hyperprior ran in float32 on "
+            f"the encoder's device; this icmlib decodes version {VERSION} (float64 on the CPU, "
+            f"the same on every device) and would pick other CDFs for some symbols. Encode "
+            f"the image again with this icmlib (icm encode)")
     ours = fingerprint(net)
     if f.fingerprint != ours:
         raise BitstreamError(
@@ -296,13 +316,30 @@ def check_model(f: ICMFile, net) -> None:
                                  f"(8 + 4k bytes)")
 
 
-def decompress_file(net, f: ICMFile) -> torch.Tensor:
-    """Decode an ``ICMFile`` with ``net`` into an image tensor [3, H, W] in [0, 1]."""
+def decompress_file(net, f: ICMFile, *, checked: bool = True) -> torch.Tensor:
+    """Decode an ``ICMFile`` with ``net`` into an image tensor [3, H, W] in [0, 1].
+
+    ``checked`` (default): the rANS streams are decoded by ``icmlib.ans``, which checks
+    every read, so damaged streams -- even under a valid checksum -- give some image or a
+    ``BitstreamError``, never a crash or a hang. ``checked=False`` uses CompressAI's C++
+    decoder (faster; the same image for a valid file), which trusts its input and may read
+    past its buffer: only for bytes the caller itself just encoded.
+    """
+    from icmlib.ans import RansError, use_icmlib_ans
+
     check_model(f, net)
-    x_hat = decode_image(net, f.streams, f.latent_shape, (f.height, f.width))
+    coder = use_icmlib_ans(net) if checked else contextlib.nullcontext()
+    try:
+        with coder:
+            x_hat = decode_image(net, f.streams, f.latent_shape, (f.height, f.width))
+    except RansError as e:
+        raise BitstreamError(f"damaged .icm streams: {e}") from None
+    if not torch.isfinite(x_hat).all():
+        raise BitstreamError("damaged .icm streams: they decode to non-finite pixels")
     return x_hat[0]
 
 
-def decompress_bytes(net, data: bytes) -> torch.Tensor:
-    """Decode ``.icm`` bytes with ``net`` into an image tensor [3, H, W] in [0, 1]."""
-    return decompress_file(net, unpack(data))
+def decompress_bytes(net, data: bytes, *, checked: bool = True) -> torch.Tensor:
+    """Decode ``.icm`` bytes with ``net`` into an image tensor [3, H, W] in [0, 1]
+    (``checked``: see :func:`decompress_file`)."""
+    return decompress_file(net, unpack(data), checked=checked)

@@ -55,9 +55,11 @@ SCALE_TABLE = torch.exp(torch.linspace(math.log(0.11), math.log(64.0), 512))
 def reproducible_convolutions():
     """Run convolutions without oneDNN (mkldnn), whose results depend on the thread count.
 
-    The encoder and the decoder must compute *identical* means and scales from ẑ, or the
-    decoder picks other CDFs than the encoder used and decodes garbage. oneDNN gives
-    results 1 ulp apart with 1 and 2 threads; PyTorch's own kernels give identical ones.
+    The decoder's pixels then do not depend on ``torch.get_num_threads()`` (oneDNN gives
+    results 1 ulp apart with 1 and 2 threads; PyTorch's own kernels give identical ones).
+    oneDNN's switch is process-wide, so only ``decompress``'s synthesis runs under it, and
+    it is restored on leaving. Which CDFs decode the streams never depends on it:
+    :class:`_ExactHyperSynthesis`.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*TF32.*")  # an irrelevant notice about Intel GPUs
@@ -65,12 +67,33 @@ def reproducible_convolutions():
             yield
 
 
-class _ReproducibleSequential(nn.Sequential):
-    """An ``nn.Sequential`` (same state-dict keys) that runs under ``reproducible_convolutions``."""
+class _ExactHyperSynthesis(nn.Sequential):
+    """h_s, an ``nn.Sequential`` (same state-dict keys) whose eval-mode output is the same
+    on every device.
+
+    h_s's scales pick the CDF that codes each symbol of ŷ, so the encoder and the decoder
+    must get them bit for bit alike, or the file decodes to garbage with no error. float32
+    convolutions differ between devices (a GPU's TF32 rounds inputs to 10 bits, summation
+    orders differ, oneDNN's depend on the thread count): results 1e-7 apart already pick
+    another table where a scale lies near a table boundary. Outside training h_s
+    therefore runs in float64 on the CPU -- ẑ (integers plus the stored medians) and the
+    weights convert exactly, oneDNN has no float64 kernels -- and is rounded to the
+    input's dtype, which every device then compares with the scale table alike. Two CPUs
+    can still differ in float64's last bit (1e-16): a different table then needs a scale
+    within that of one of the table's boundaries, about 1e-14 per symbol, against about
+    one symbol in ten with TF32. Training keeps the fast path on the model's device.
+    """
 
     def forward(self, x):
-        with reproducible_convolutions():
+        if self.training:
             return super().forward(x)
+        out = x.to("cpu", torch.float64)
+        for layer in self:
+            tensors = dict(layer.named_parameters())
+            tensors.update(layer.named_buffers())
+            out = torch.func.functional_call(
+                layer, {k: t.to("cpu", torch.float64) for k, t in tensors.items()}, (out,))
+        return out.to(x.device, x.dtype)
 
 
 def analysis_transform(N: int, M: int, blocks: int = 0) -> nn.Sequential:
@@ -122,7 +145,7 @@ class ICMCodec(MeanScaleHyperprior):
         self.g_a = analysis_transform(N, M, blocks)
         self.g_s = synthesis_transform(N, M, blocks)
         # h_s decides the CDFs: it must give bit-identical results in encoder and decoder
-        self.h_s = _ReproducibleSequential(*self.h_s)
+        self.h_s = _ExactHyperSynthesis(*self.h_s)
         self.rates = int(rates)
         if self.rates < 0:
             raise ValueError(f"rates must be >= 0, got {rates}")
@@ -163,9 +186,14 @@ class ICMCodec(MeanScaleHyperprior):
     def forward(self, x, rate=None):
         y = self._analysis(x, rate)
         z = self.h_a(y)
-        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        # the entropy models in float32 even under autocast: their likelihoods go down to
+        # 1e-9, which float16 rounds to 0 (and log2 to -inf); the transforms keep its speed
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z_hat, z_likelihoods = self.entropy_bottleneck(z.float())
         scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
-        y_hat, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            y_hat, y_likelihoods = self.gaussian_conditional(y.float(), scales_hat.float(),
+                                                             means=means_hat.float())
         return {"x_hat": self._synthesis(y_hat, rate),
                 "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
@@ -183,11 +211,11 @@ class ICMCodec(MeanScaleHyperprior):
         """CompressAI's ``decompress``; the same pixels whatever ``torch.get_num_threads()``."""
         if not (isinstance(strings, (list, tuple)) and len(strings) == 2):
             raise ValueError("decompress expects [y_strings, z_strings]")
+        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
+        scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
+        indexes = self.gaussian_conditional.build_indexes(scales_hat)
+        y_hat = self.gaussian_conditional.decompress(strings[0], indexes, means=means_hat)
         with reproducible_convolutions():
-            z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-            scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
-            indexes = self.gaussian_conditional.build_indexes(scales_hat)
-            y_hat = self.gaussian_conditional.decompress(strings[0], indexes, means=means_hat)
             return {"x_hat": self._synthesis(y_hat, rate).clamp_(0, 1)}
 
     def update(self, scale_table=None, force=False, update_quantiles: bool = False):

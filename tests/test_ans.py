@@ -195,3 +195,28 @@ def test_ideal_bits_refuses_symbols_outside_the_table_as_encode_does(bad):
         ans.encode([0, bad], cdf)
     with pytest.raises(ans.RansError, match="outside its table"):
         ans.ideal_bits([0, bad], cdf)
+
+
+def test_a_bypassed_value_longer_than_any_encoder_writes_is_refused():
+    """A damaged stream can announce any number of 4-bit chunks (15 means "more follow"):
+    more than an int64 needs is refused at once, rather than read into an ever larger
+    integer (quadratic time: a hang on a long stream)."""
+    cdfs, lengths, offsets = [[0, 30000, 1 << 16]], [3], [0]   # value 0, then the escape
+    enc = ans.RansEncoder()
+    for chunk in [1] * 17:                       # pushed in reverse: the decoder pops
+        enc.put_bits(chunk, ans.BYPASS_BITS)     # count 15 + 2 = 17 chunks, then the chunks
+    enc.put_bits(2, ans.BYPASS_BITS)
+    enc.put_bits(15, ans.BYPASS_BITS)
+    enc.put(30000, (1 << 16) - 30000)            # the escape symbol
+    with pytest.raises(ans.RansError, match="more than 16 chunks"):
+        ans.decode_with_indexes(enc.flush(), [0], cdfs, lengths, offsets)
+
+
+def test_compressai_adapter_refuses_values_compressai_cannot_hold():
+    """CompressAI's decoder returns int32; values beyond (only a damaged stream decodes to
+    them) are a RansError, not an overflow error from torch."""
+    cdfs, lengths, offsets = [[0, 30000, 1 << 16]], [3], [0]
+    data = ans.encode_with_indexes([2 ** 40], [0], cdfs, lengths, offsets)
+    assert ans.decode_with_indexes(data, [0], cdfs, lengths, offsets) == [2 ** 40]
+    with pytest.raises(ans.RansError, match="32 bits"):
+        ans.CompressAICoder().decode_with_indexes(data, [0], cdfs, lengths, offsets)

@@ -48,7 +48,7 @@ def test_layout_is_as_documented(net, image, data):
     enc = encode_image(net, image[None])
     y, z = enc["strings"]
     magic, version, fp, h, w, pb, pr, zh, zw, n = struct.unpack_from(">4sB8sHHBBHHB", data)
-    assert (magic, version, fp) == (b"\x89ICM", 1, fingerprint(net))
+    assert (magic, version, fp) == (b"\x89ICM", 2, fingerprint(net))
     assert (h, w, pb, pr, zh, zw, n) == (45, 70, 19, 58, 1, 2, 2)
     assert struct.unpack_from(">2I", data, 24) == (len(y), len(z))
     assert data[32:32 + len(y)] == y and data[32 + len(y):-4] == z
@@ -176,3 +176,77 @@ def test_icm_file_checks_values_when_packing():
     f = ICMFile(fingerprint=b"12345678", height=64, width=64, latent_shape=(1, 1),
                 streams=[b"x" * 8, b"y" * 8])
     assert unpack(pack(f)) == f
+
+
+def test_version_1_files_are_read_but_not_decoded(net, data):
+    """Version 1 ran the hyperprior in float32 on the encoder's device: such a file is
+    still read (icm info), and decoding says why it is refused and what to do."""
+    f = unpack(data)
+    f.version = 1
+    old = pack(f)
+    assert old[4] == 1 and unpack(old).version == 1
+    with pytest.raises(BitstreamError, match="format version 1.*Encode the image again"):
+        decompress_bytes(net, old)
+
+
+_FUZZ = r"""
+import sys, numpy as np, torch
+from icmlib.bitstream import BitstreamError, ICMFile, compress_image, decompress_bytes, pack
+from icmlib.codec import ICMCodec
+torch.manual_seed(0)
+net = ICMCodec(N=16, M=24)
+with torch.no_grad():  # spread z and the scales (an untrained z is all 0), as training does
+    net.h_a[-1].weight.mul_(40); net.h_s[-1].weight.mul_(20); net.h_s[-1].bias.add_(2.0)
+net.update(force=True); net.eval()
+good = compress_image(net, torch.rand(3, 70, 100))
+rng = np.random.default_rng(int(sys.argv[1]))
+
+def crafted(s):
+    kind = rng.integers(6)
+    b = bytearray(s)
+    if kind == 0:                                   # a few flipped bits
+        for pos in rng.integers(0, len(b), rng.integers(1, 4)):
+            b[pos] ^= 1 << int(rng.integers(8))
+    elif kind == 1:                                 # random bytes
+        b = bytearray(rng.bytes(len(b)))
+    elif kind == 2:                                 # all ones: bypass chunks of 15 forever
+        b = bytearray(b"\xff" * len(b))
+    elif kind == 3:                                 # all zeros
+        b = bytearray(len(b))
+    elif kind == 4:                                 # words cut off the end
+        b = b[:max(8, len(b) - 4 * int(rng.integers(1, 4)))]
+    else:                                           # random words added
+        b += rng.bytes(4 * int(rng.integers(1, 64)))
+    return bytes(b)
+
+images = errors = 0
+for trial in range(int(sys.argv[2])):
+    streams = list(good.streams)
+    for i in rng.choice(2, int(rng.integers(1, 3)), replace=False):
+        streams[i] = crafted(streams[i])
+    f = ICMFile(good.fingerprint, good.height, good.width, good.latent_shape, streams,
+                good.padding)
+    try:
+        x = decompress_bytes(net, pack(f))          # pack: the checksum is valid
+    except BitstreamError:
+        errors += 1
+        continue
+    assert x.shape == (3, 70, 100) and torch.isfinite(x).all() and 0 <= x.min() <= x.max() <= 1
+    images += 1
+print("images", images, "errors", errors)
+"""
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fuzz_crafted_streams_under_a_valid_checksum(seed):
+    """Damaged rANS streams in a file with a valid checksum (written on purpose) reach the
+    entropy decoder: each gives a decoded image or a BitstreamError, never a crash (run in
+    a child process, so a crash fails this test instead of killing pytest) or a hang."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _FUZZ, str(seed), "60"], capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    images, errors = [int(w) for w in run.stdout.split()[1::2]]
+    assert images + errors == 60 and errors > 0

@@ -180,3 +180,58 @@ def test_variable_rate_checkpoint_roundtrip(tmp_path):
     back = load_codec(tmp_path / "vr.pt")
     assert back.rates == 2 and back.config == {"N": 8, "M": 8, "blocks": 0, "rates": 2}
     assert torch.equal(back.gain, vr.gain)
+
+
+def _as_tf32(t):
+    """float32 rounded to TF32 (10-bit mantissa), as a GPU's tensor cores round
+    convolution inputs (PyTorch's default for cuDNN convolutions)."""
+    bits = t.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def test_a_file_coded_with_another_devices_convolutions_decodes_the_same(monkeypatch):
+    """Encoding where float32 convolutions round otherwise (a GPU's TF32, emulated here)
+    must give the same bytes, so the file decodes right on the CPU: which CDF codes each
+    symbol of ŷ must not depend on the device's float32 arithmetic."""
+    torch.manual_seed(0)
+    net = ICMCodec(N=16, M=24)
+    with torch.no_grad():  # an untrained ẑ is all 0: spread z and the scales, as training does
+        net.h_a[-1].weight.mul_(40)
+        net.h_s[-1].weight.mul_(20)
+        net.h_s[-1].bias.add_(2.0)
+    net.update(force=True)
+    net.eval()
+    x = torch.rand(1, 3, 128, 192)
+    cpu = encode_image(net, x)
+    conv_t = torch.nn.functional.conv_transpose2d
+
+    def tf32_conv_transpose2d(inp, weight, *args, **kwargs):
+        if inp.dtype == torch.float32:
+            inp, weight = _as_tf32(inp), _as_tf32(weight)
+        return conv_t(inp, weight, *args, **kwargs)
+
+    with monkeypatch.context() as m:  # h_s is the only transposed convolution
+        m.setattr(torch.nn.functional, "conv_transpose2d", tf32_conv_transpose2d)
+        gpu = encode_image(net, x)
+    assert gpu["strings"] == cpu["strings"]
+    assert torch.equal(decode_image(net, gpu["strings"], gpu["shape"], gpu["size"]),
+                       decode_image(net, cpu["strings"], cpu["shape"], cpu["size"]))
+
+
+
+def test_entropy_models_run_in_float32_under_autocast(net):
+    """Mixed precision speeds up the transforms, but the entropy models' likelihoods (down
+    to 1e-9) must be float32 computations: the codec itself sees to it, with no patched
+    ``forward`` (training used to monkeypatch one onto its entropy models)."""
+    captured = {}
+    hook = net.h_a.register_forward_hook(lambda module, inp, out: captured.update(z=out))
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(torch.rand(2, 3, 64, 64))
+    finally:
+        hook.remove()
+    assert captured["z"].dtype == torch.bfloat16  # the transforms did run in low precision
+    with torch.no_grad():
+        _, float32_likelihoods = net.entropy_bottleneck(captured["z"].float())
+    assert torch.equal(out["likelihoods"]["z"], float32_likelihoods)
+    assert "forward" not in vars(net.entropy_bottleneck)
