@@ -439,6 +439,23 @@ class FrozenTask(nn.Module):
 # ---------------------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _keeps_training_flags(model: nn.Module):
+    """Wrapping a network in ``FrozenTask`` switches ``requires_grad`` off and eval mode on:
+    give the caller's network its own flags back, however the block ends."""
+    if isinstance(model, FrozenTask):
+        yield
+        return
+    flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    try:
+        yield
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+        model.train(was_training)
+
+
 def evaluate_task(model: nn.Module, task: str, dataset, images=None, *,
                   batch_size: int = 8, max_images: Optional[int] = None,
                   progress: bool = False) -> Dict[str, float]:
@@ -452,13 +469,14 @@ def evaluate_task(model: nn.Module, task: str, dataset, images=None, *,
     ``mean_pixel_accuracy``. ``"score"`` repeats the task's headline number
     (:data:`PRIMARY_METRIC`).
     """
+    task = _check_task(task)
+    with _keeps_training_flags(model):
+        return _evaluate_task(model, task, dataset, images, batch_size, max_images, progress)
+
+
+def _evaluate_task(model, task, dataset, images, batch_size, max_images, progress):
     from .metrics import coco_map, predictions_to_coco
 
-    task = _check_task(task)
-    if not isinstance(model, FrozenTask):
-        # wrapping freezes requires_grad: remember the caller's flags to restore them
-        flags = [p.requires_grad for p in model.parameters()]
-        was_training = model.training
     frozen = model if isinstance(model, FrozenTask) else FrozenTask(model, task)
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     if images is not None and len(images) < n:
@@ -493,10 +511,6 @@ def evaluate_task(model: nn.Module, task: str, dataset, images=None, *,
         else:
             outputs += [{k: v.cpu() for k, v in p.items()} for p in preds]
             image_ids += [t["image_id"] for _, t in batch]
-    if not isinstance(model, FrozenTask):
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
-        model.train(was_training)
     if task == "semantic":
         cm = confusion.double()
         tp = cm.diag()

@@ -323,11 +323,14 @@ class _Batches:
             if self.num_workers == 0:
                 source = (collate([self.dataset[i] for i in c]) for c in chunks)
             else:
-                self.dataset.seed = self.seed * 1_000_003 + epoch * 1009 + offset
+                # each worker draws crops from (dataset.seed, its torch seed), which comes
+                # from this generator: (seed, epoch, offset) decide the crops, and the
+                # caller's dataset is left as it was
                 source = torch.utils.data.DataLoader(
                     self.dataset, batch_sampler=chunks, num_workers=self.num_workers,
                     collate_fn=collate, pin_memory=torch.cuda.is_available(),
-                    generator=torch.Generator().manual_seed(self.seed + epoch))
+                    generator=torch.Generator().manual_seed(
+                        self.seed * 1_000_003 + epoch * 1009 + offset))
             for images, targets in source:
                 yield stack_images(images), targets
                 step += 1
@@ -477,29 +480,6 @@ def _gains_from_one_rate(net: ICMCodec, lambdas: List[float], source_lambda) -> 
             net.inv_gain[r].fill_(1.0 / g)
 
 
-def _entropy_models_in_fp32(net: nn.Module) -> None:
-    """Under autocast, run the entropy models in float32.
-
-    Their likelihoods are bounded below by 1e-9, which float16 cannot represent (it rounds
-    to 0 and log2 gives -inf); the transforms keep the speed of float16. The patch sets an
-    instance ``forward``, so parameter names and checkpoints are unchanged.
-    """
-    for name in ("entropy_bottleneck", "gaussian_conditional"):
-        module = getattr(net, name, None)
-        if module is None:
-            continue
-        original = module.forward
-
-        def forward(*args, _original=original, **kwargs):
-            with torch.autocast(device_type="cuda", enabled=False):
-                args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
-                kwargs = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
-                          for k, v in kwargs.items()}
-                return _original(*args, **kwargs)
-
-        module.forward = forward
-
-
 def _describe_terms(values: Mapping[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in values.items())
 
@@ -616,9 +596,7 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
     # ---- model, task, optimizers, strategy -------------------------------------------
     torch.manual_seed(seed)
     net = _build_net(preset, init_from, lmbda).to(device)
-    net.train()
-    if use_amp:
-        _entropy_models_in_fp32(net)
+    net.train()  # under autocast its entropy models still run in float32 (ICMCodec.forward)
     frozen = None
     if task is not None:
         from .tasks import FrozenTask, task_network

@@ -156,6 +156,7 @@ def test_evaluate_task_scores_replacement_images(preset):
     with pytest.raises(ValueError, match="crop decoded images"):
         tasks.evaluate_task(model, "semantic", val, images=[im[:, :32] for im in images],
                             max_images=4)
+    assert model.training and all(p.requires_grad for p in model.parameters())  # after an error too
 
 
 def test_config_changes_with_the_preset(preset):

@@ -307,3 +307,54 @@ def test_validation_lines_in_a_terminal_one_summary_in_a_notebook(widget, monkey
     else:
         assert [line.split(":")[0] for line in lines] == ["step 2", "step 4", "step 6"]
         assert summaries == []
+
+
+def test_resume_after_a_real_sigkill(tmp_path):
+    """A training process killed by SIGKILL (no handler runs, nothing is flushed, a file
+    may be half written) resumes from its last checkpoint and ends exactly where an
+    uninterrupted run ends."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    p, steps, cut = ci(checkpoint_every=3, val_every=100), 24, tmp_path / "cut"
+    script = ("import torch; torch.set_num_threads(1)\n"
+              "from icmlib.presets import get_preset\nfrom icmlib.train import train_codec\n"
+              f"train_codec(get_preset('ci', checkpoint_every=3, val_every=100), steps={steps}, "
+              f"out_dir={str(cut)!r}, progress=False)\n")
+    child = subprocess.Popen([sys.executable, "-c", script])
+    log, deadline = cut / "train_log.csv", time.time() + 600
+    try:
+        while child.poll() is None and time.time() < deadline:
+            if log.is_file() and len(log.read_text().splitlines()) > 8:  # past step 7
+                break
+            time.sleep(0.02)
+        assert child.poll() is None, "the run ended before it could be killed"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL and not (cut / "codec.pt").exists()
+    resumed = train_codec(p, steps=steps, out_dir=cut, progress=False, resume=True)
+    full = train_codec(p, steps=steps, out_dir=tmp_path / "full", progress=False)
+    assert _no_time(resumed["logs"]["train"]) == _no_time(full["logs"]["train"])
+    for k, v in full["state_dict"].items():
+        assert torch.equal(v, resumed["state_dict"][k]), k
+
+
+def test_training_with_loader_workers(tmp_path):
+    """num_workers > 0: the run trains, its crops are reproducible from the seed, and the
+    caller's dataset keeps its own seed (the loader used to overwrite it)."""
+    from icmlib.data import dataset_for
+    from icmlib.train import _Batches
+
+    p = ci(num_workers=2, val_every=100)
+    ds = dataset_for(p, "train", train=True, seed=7)
+    batches = [next(_Batches(ds, 4, 0, 0, 1, 2).from_step(s))[0] for s in (0, 0, 5)]
+    assert ds.seed == 7
+    assert torch.equal(batches[0], batches[1]) and not torch.equal(batches[0], batches[2])
+    out = train_codec(p, steps=4, out_dir=tmp_path, progress=False)
+    assert [r["step"] for r in out["logs"]["train"]] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) for r in out["logs"]["train"])
