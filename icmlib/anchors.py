@@ -827,21 +827,18 @@ def compressai_zoo(name: str, quality: int, metric: str = "mse", offline: Option
         raise AnchorUnavailable(
             f"CompressAI weights for {name} (quality {quality}, {metric}) are not cached and "
             f"downloads are off: it would download {url} to {cached}")
-    import socket
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(30)
-    try:
-        net = zoo.image_models[name](quality=quality, metric=metric, pretrained=True,
-                                     progress=False)
-    except Exception as err:  # network errors come as URLError, OSError, HTTPError, ...
-        if os.path.isfile(cached):
-            raise
-        raise AnchorUnavailable(
-            f"could not download CompressAI weights for {name} (quality {quality}, {metric}) "
-            f"from {url} ({type(err).__name__}: {err}). Download that file to {cached} on a "
-            f"machine with network access") from None
-    finally:
-        socket.setdefaulttimeout(old)
+    if not os.path.isfile(cached):
+        from icmlib.data import hub_checkpoint
+
+        try:  # with a timeout of its own: socket's process-wide default is left alone
+            hub_checkpoint(url)
+        except OSError as err:  # URLError, HTTPError, timeouts, a damaged download
+            raise AnchorUnavailable(
+                f"could not download CompressAI weights for {name} (quality {quality}, "
+                f"{metric}) from {url} ({type(err).__name__}: {err}). Download that file to "
+                f"{cached} on a machine with network access") from None
+    net = zoo.image_models[name](quality=quality, metric=metric, pretrained=True,
+                                 progress=False)
     net.eval()
     net.update(force=False)
     return net

@@ -69,7 +69,7 @@ from .presets import Preset, get_preset
 __all__ = [
     "CATEGORIES", "NUM_CLASSES", "WORLD_VERSION", "COCO_URLS", "COCO_ROOT_ENV",
     "DatasetNotFoundError", "generate_world", "world_config", "synthetic_world",
-    "CocoDataset", "dataset_for", "coco_root", "download_coco",
+    "CocoDataset", "dataset_for", "coco_root", "download_coco", "hub_checkpoint",
     "load_image", "save_image", "collate", "stack_images",
     "blur_background", "draw_annotations", "annotation_grid",
 ]
@@ -768,7 +768,10 @@ def _coco_paths(root: Path, split: str) -> Tuple[Path, Path]:
 
 
 def _download(url: str, dest: Path, desc: str) -> None:
-    """Stream ``url`` to ``dest`` with a tqdm bar (via a .part file, renamed at the end)."""
+    """Stream ``url`` to ``dest`` with a tqdm bar (via a .part file, renamed at the end).
+
+    60 s timeout per network operation, for this download only: ``socket``'s process-wide
+    default (which every other connection of the process uses) is left alone."""
     import urllib.request
 
     from tqdm.auto import tqdm
@@ -785,6 +788,37 @@ def _download(url: str, dest: Path, desc: str) -> None:
                 f.write(chunk)
                 bar.update(len(chunk))
     os.replace(part, dest)
+
+
+def hub_checkpoint(url: str) -> Path:
+    """``url``'s file in torch's hub cache (``$TORCH_HOME/hub/checkpoints``), downloaded
+    if missing, where torchvision's and CompressAI's pretrained weights then load from.
+
+    Unlike ``torch.hub``'s own download it times out (see ``_download``); like it, it
+    checks the sha256 prefix that the file's name carries (``name-<sha256 prefix>.pth``).
+    Network failures raise ``OSError`` (``URLError``, timeouts, a wrong hash).
+    """
+    import hashlib
+    import re
+    from urllib.parse import urlparse
+
+    file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+    if file.is_file():
+        return file
+    file.parent.mkdir(parents=True, exist_ok=True)
+    _download(url, file, file.name)
+    expected = re.search(r"-([a-f0-9]+)\.", file.name)
+    if expected:
+        sha = hashlib.sha256()
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                sha.update(block)
+        digest = sha.hexdigest()
+        if not digest.startswith(expected.group(1)):
+            file.unlink()
+            raise OSError(f"{url} downloaded with sha256 {digest[:16]}..., but its name "
+                          f"promises {expected.group(1)}...: a damaged download")
+    return file
 
 
 def download_coco(root: Optional[PathLike] = None, split: str = "val2017", *,

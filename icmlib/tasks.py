@@ -34,9 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import socket
 import time
-import urllib.error
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -204,16 +202,6 @@ def _semantic_network(preset: Preset, num_classes: int) -> nn.Module:
 # ---------------------------------------------------------------------------------------
 # The pretrained networks (gpu preset)
 # ---------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _socket_timeout(seconds: float):
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
-
 def _pretrained_detector(task: str, preset: Preset) -> nn.Module:
     """torchvision's COCO-pretrained ResNet-50-FPN Faster / Mask R-CNN (the paper's)."""
     from torchvision.models import detection as tvd
@@ -226,12 +214,11 @@ def _pretrained_detector(task: str, preset: Preset) -> nn.Module:
     file = hub / os.path.basename(urlparse(weights.url).path)
     kwargs = dict(weights=weights, min_size=preset.task_image_size)
     if not file.exists():
-        try:
-            with _socket_timeout(30):
-                return builder(**kwargs)
-        except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as e:
-            if file.exists() and file.stat().st_size == 0:  # pragma: no cover - partial file
-                file.unlink()
+        from .data import hub_checkpoint
+
+        try:  # with a timeout of its own: socket's process-wide default is left alone
+            hub_checkpoint(weights.url)
+        except OSError as e:  # URLError, timeouts, DNS failures, a damaged download
             raise PretrainedWeightsUnavailable(
                 f"the {task} task network of preset {preset.name!r} is torchvision's "
                 f"COCO-pretrained {builder.__name__} ({weights}), and its weights could not "

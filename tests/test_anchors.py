@@ -328,15 +328,21 @@ def test_compressai_zoo_offline_names_the_download(tmp_path, monkeypatch):
         compressai_zoo("bmshj2018-hyperprior", 1, offline=True)
 
     # a failed download (no network) gives the same kind of message, not a urllib traceback
-    import compressai.zoo.image as zoo_image
+    import socket
+    import urllib.request
     from urllib.error import URLError
 
+    default_timeouts = []
+
     def no_network(url, *args, **kwargs):
+        default_timeouts.append(socket.getdefaulttimeout())
         raise URLError("network is unreachable")
 
-    monkeypatch.setattr(zoo_image, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(torch.hub, "urlopen", no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
     with pytest.raises(AnchorUnavailable, match="could not download.*network is unreachable"):
         compressai_zoo("bmshj2018-hyperprior", 2, offline=False)
+    assert default_timeouts == [None]  # its own timeout: the process-wide default untouched
 
     codec = compressai_zoo_codec("bmshj2018-hyperprior", qualities=(1, 2))
     ok, why = codec.available()

@@ -504,3 +504,37 @@ def test_draw_annotations(world):
     fig = data.annotation_grid(ds, range(3), cols=2)
     assert len(fig.axes) == 4
     plt.close(fig)
+
+
+def test_hub_checkpoint_downloads_with_its_own_timeout_and_checks_the_hash(tmp_path, monkeypatch):
+    """Pretrained weights land in torch's hub cache; the download times out on its own
+    (socket's process-wide default untouched) and a file whose sha256 does not match the
+    prefix in its name is refused and removed, as torch.hub does."""
+    import hashlib
+    import io
+    import socket
+    import urllib.request
+
+    from icmlib.data import hub_checkpoint
+
+    payload = b"weights"
+    prefix = hashlib.sha256(payload).hexdigest()[:8]
+    calls = []
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(len(payload))}
+
+    def fake_urlopen(url, *args, timeout=None, **kwargs):
+        calls.append((timeout, socket.getdefaulttimeout()))
+        return Response(payload)
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    good = hub_checkpoint(f"https://example.org/net-{prefix}.pth")
+    assert good == tmp_path / "hub" / "checkpoints" / f"net-{prefix}.pth"
+    assert good.read_bytes() == payload and calls == [(60, None)]
+    assert hub_checkpoint(f"https://example.org/net-{prefix}.pth") == good  # cached: no call
+    assert len(calls) == 1
+    with pytest.raises(OSError, match="damaged download"):
+        hub_checkpoint("https://example.org/other-deadbeef.pth")
+    assert not (good.parent / "other-deadbeef.pth").exists()

@@ -109,12 +109,18 @@ def test_frozen_task_clear_errors(preset, batch):
 
 
 def test_pretrained_weights_offline_give_a_clear_error(monkeypatch, tmp_path):
+    import socket
+    import urllib.request
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))   # an empty hub cache
+    default_timeouts = []
 
     def offline(*args, **kwargs):
+        default_timeouts.append(socket.getdefaulttimeout())
         raise urllib.error.URLError("simulated: no network")
 
     monkeypatch.setattr(torch.hub, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     gpu = get_preset("gpu")
     for task, name in (("detection", "fasterrcnn_resnet50_fpn_coco"),
                        ("instance", "maskrcnn_resnet50_fpn_coco")):
@@ -123,6 +129,9 @@ def test_pretrained_weights_offline_give_a_clear_error(monkeypatch, tmp_path):
         msg = str(info.value)
         assert "https://download.pytorch.org/models/" + name in msg
         assert str(tmp_path / "hub" / "checkpoints") in msg
+    # the download has a timeout of its own: the process-wide socket default, which every
+    # other connection of the process uses, is never changed
+    assert default_timeouts == [None, None]
 
 
 def test_train_task_and_train_or_load(preset, tmp_path, monkeypatch):
