@@ -27,10 +27,23 @@ def test_overrides_and_unknown_fields():
         get_preset("ci", not_a_field=1)
 
 
-def test_presets_scale_up():
-    ci, cpu, gpu = (PRESETS[n] for n in ("ci", "cpu", "gpu"))
-    assert ci.codec_steps < cpu.codec_steps < gpu.codec_steps
-    assert gpu.dataset == "coco" and gpu.task_pretrained
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_holds_what_the_code_relies_on(name):
+    """Not the table restated, but what breaks when it is edited carelessly: rate points
+    ordered from low to high rate (curves, BD-rate), a base rate that exists (the recipe),
+    a synthetic world with room for a batch, a crop the world's images can give."""
+    from icmlib.train import codec_parent
+
+    p = PRESETS[name]
+    assert list(p.rd_lambdas) == sorted(set(p.rd_lambdas)), p.rd_lambdas
+    assert p.codec_base_rate == -1 or 0 <= p.codec_base_rate < len(p.rd_lambdas)
+    for rate in range(len(p.rd_lambdas)):
+        codec_parent(p, None, rate)  # raises on a recipe that names a missing rate point
+    if p.dataset == "synthetic":
+        assert p.train_images >= max(p.batch_size, p.icm_batch_size, p.task_batch_size)
+        assert p.image_size >= max(p.crop_size, p.icm_crop_size)
+    else:
+        assert p.dataset == "coco"
 
 
 def test_train_or_load_trains_once_per_config(tmp_path, monkeypatch):

@@ -35,9 +35,14 @@ def test_noise_is_a_good_proxy_for_rounding_when_the_density_is_wide():
 
 
 def test_noise_vs_rounding_on_a_codec_reports_both_rates():
-    r = noise_vs_rounding(_net(), torch.rand(1, 3, 64, 64), samples=2)
+    net, x = _net(), torch.rand(1, 3, 64, 64)
+    r = noise_vs_rounding(net, x, samples=2)
     assert set(r) == {"bpp_noise", "bpp_rounding", "mse_noise", "mse_rounding"}
-    assert r["bpp_noise"] >= 0 and r["bpp_rounding"] >= 0
+    with torch.no_grad():  # the codec in eval mode rounds: the same rate for ŷ
+        y_bits = float(-torch.log2(net(x)["likelihoods"]["y"]).sum())
+    assert abs(r["bpp_rounding"] - y_bits / (64 * 64)) <= 1e-4 * r["bpp_rounding"]
+    assert abs(r["mse_noise"] - 1 / 12) < 0.02          # Var U(-1/2, 1/2)
+    assert 0 < r["mse_rounding"] <= 0.25                # |round(v) - v| <= 1/2
 
 
 def test_factorized_prior_cannot_beat_the_empirical_entropy():
