@@ -146,7 +146,7 @@ def _decode_command(args) -> int:
 
 
 def _info_command(args) -> int:
-    from icmlib.bitstream import header_size, stream_names
+    from icmlib.bitstream import VERSION, header_size, stream_names
     from icmlib.codec import fingerprint
 
     f = _read_icm_for_cli(args.input)
@@ -163,8 +163,13 @@ def _info_command(args) -> int:
     print(f"bpp                {f.bpp():.4f}   file bytes × 8 / pixels")
     if args.model:
         ours = fingerprint(_codec_for_cli(args.model)).hex()
-        verdict = "can decode this file" if ours == f.fingerprint.hex() else \
-            "is a different model: it cannot decode this file"
+        if ours != f.fingerprint.hex():
+            verdict = "is a different model: it cannot decode this file"
+        elif f.version != VERSION:
+            verdict = (f"wrote this file, in format version {f.version}: encode the image "
+                       f"again to decode it with this icmlib (version {VERSION})")
+        else:
+            verdict = "can decode this file"
         print(f"--model            {ours}: {verdict}")
     return 0
 

@@ -197,6 +197,24 @@ def test_info_shows_size_streams_bpp_and_fingerprint(files, capsys):
     assert f.fingerprint.hex() in text and "cannot decode" in text
 
 
+def test_version_1_file_info_and_decode_say_to_encode_again(files, capsys):
+    """A file of format version 1 (hyperprior in float32 on the encoder's device) is
+    still described; decoding it is refused with what to do instead."""
+    from icmlib.bitstream import pack, write_icm
+
+    path, old = files / "v2.icm", files / "v1.icm"
+    icm("encode", files / "photo.png", path, "--model", files / "codec.pt")
+    f = read_icm(path)
+    f.version = 1
+    write_icm(old, pack(f))
+    capsys.readouterr()
+    assert icm("info", old, "--model", files / "codec.pt") == 0
+    out = capsys.readouterr().out
+    assert "format version     1" in out and "encode the image again" in out
+    assert icm("decode", old, files / "v1.png", "--model", files / "codec.pt") == 2
+    assert "Encode the image again" in capsys.readouterr().err
+
+
 def test_user_errors_exit_2_with_a_clear_message(files, capsys):
     good = files / "good.icm"
     icm("encode", files / "photo.png", good, "--model", files / "codec.pt")
