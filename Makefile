@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup book test bench clean
+.PHONY: setup book test bench clean vvc
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ test: $(STAMP)
 	rm -rf .cache/test
 	ICM_PRESET=ci ICM_CACHE=$(CURDIR)/.cache/test MPLBACKEND=Agg \
 	  $(BIN)/python -m pytest tests book --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
+
+# Optional: the VVC anchor's encoder and decoder (VVenC 1.14.0, VVdeC 3.2.0), built with CMake
+# into tools/vvc/bin, where icmlib.anchors.VVC finds them with no variable set (`make clean`
+# keeps them; delete tools/vvc to rebuild). Both release tarballs are checked against pinned
+# sha256 sums before anything is built (nice -n 10, 2 jobs). Offline, point VVC_SRC at a
+# folder holding vvenc-1.14.0.tar.gz and vvdec-3.2.0.tar.gz; without it the two tarballs are
+# downloaded from github.com/fraunhoferhhi. Not needed by `make test` or `make book`.
+VVC_SRC ?=
+vvc:
+	VVC_SRC="$(VVC_SRC)" VVC_JOBS=2 VVC_NICE=10 bash tools/build_vvc.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_codec.py

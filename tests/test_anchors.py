@@ -1,5 +1,6 @@
 """Anchors: every codec that can run here round-trips real images; missing tools are skipped
 with a message, never a crash."""
+import os
 import stat
 import sys
 import textwrap
@@ -9,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from icmlib.anchors import (AV1, AVIF, HEVC, JPEG, VVC, AnchorUnavailable, JPEG2000, LearnedCodec,
-                            WebP, available_anchors, bpp, compressai_zoo, compressai_zoo_codec,
-                            make_anchor, pack_strings, rd_points, rgb_to_yuv, to_pil,
-                            unpack_strings, yuv_to_rgb)
+from icmlib import anchors
+from icmlib.anchors import (AV1, AVIF, HEVC, JPEG, VVC, VVC_TOOLS, AnchorUnavailable, JPEG2000,
+                            LearnedCodec, WebP, available_anchors, bpp, compressai_zoo,
+                            compressai_zoo_codec, make_anchor, pack_strings, rd_points,
+                            rgb_to_yuv, to_pil, unpack_strings, vvc_nal_types, yuv_to_rgb)
 
 
 def synthetic_image(width=96, height=72, seed=0) -> np.ndarray:
@@ -185,15 +187,25 @@ def test_missing_ffmpeg_is_skipped_with_message(monkeypatch, capsys):
 # VVC
 # --------------------------------------------------------------------------------------
 
-def test_vvc_without_binary_is_unavailable(monkeypatch):
-    monkeypatch.delenv("ICM_VVC_ENCODER", raising=False)
-    monkeypatch.delenv("ICM_VVC_DECODER", raising=False)
+@pytest.fixture
+def no_vvc(monkeypatch, tmp_path):
+    """No VVC anywhere: no variables, an empty tools folder (whatever `make vvc` built)."""
+    for var in ("ICM_VVC_ENCODER", "ICM_VVC_DECODER", "ICM_VVC_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    empty = tmp_path / "no-vvc-tools"
+    empty.mkdir()
+    monkeypatch.setenv("ICM_VVC_TOOLS", str(empty))
+    return empty
+
+
+def test_vvc_without_binary_is_unavailable(no_vvc):
     ok, why = VVC().available()
-    assert not ok and "ICM_VVC_ENCODER" in why and "vvenc" in why
+    assert not ok and "ICM_VVC_ENCODER" in why and "vvenc" in why and "make vvc" in why
     ok, why = VVC(encoder="/no/such/vvencapp", decoder="/no/such/vvdecapp").available()
     assert not ok and "not found" in why
     with pytest.raises(AnchorUnavailable):
         VVC().encode(synthetic_image(16, 16), 37)
+    assert available_anchors(["vvc"], verbose=False) == []
 
 
 def test_vtm_needs_its_config(tmp_path):
@@ -209,36 +221,128 @@ def _script(path, body):
     return path
 
 
-def test_vvc_plumbing_with_stand_in_binaries(tmp_path):
-    """The VVC wrapper's file and argument handling, with stand-ins for vvencapp/vvdecapp that
-    'encode' by copying the YUV and 'decode' to 10-bit samples (not real VVC: no binary here)."""
-    enc = _script(tmp_path / "vvencapp", """
-        import sys
-        a = sys.argv[1:]
-        get = lambda k: a[a.index(k) + 1]
-        assert get("-s") == "72x46" and get("-c") == "yuv420" and get("-q") == "37", a
-        data = open(get("-i"), "rb").read()
-        assert len(data) == 72 * 46 * 3 // 2
-        open(get("-o"), "wb").write(b"FAKE" + data)
-    """)
-    dec = _script(tmp_path / "vvdecapp", """
-        import sys, numpy as np
-        a = sys.argv[1:]
-        get = lambda k: a[a.index(k) + 1]
-        data = open(get("-b"), "rb").read()
-        assert data[:4] == b"FAKE"
-        ten_bit = np.frombuffer(data[4:], np.uint8).astype("<u2") * 4
-        open(get("-o"), "wb").write(ten_bit.tobytes())
-    """)
+# Stand-ins for vvencapp / vvdecapp (not real VVC). The encoder checks the command line the
+# anchor gives it and writes a valid-looking Annex-B stream: VPS, SPS, PPS, picture header and
+# an IDR_N_LP slice NAL unit whose payload is the YUV input itself; the decoder finds that
+# payload and writes it back as 10-bit samples, as vvdecapp does for a 10-bit stream.
+FAKE_VVENC = """
+    import sys
+    a = sys.argv[1:]
+    get = lambda k: a[a.index(k) + 1]
+    assert get("-c") == "yuv420" and get("-f") == "1" and get("--preset") == "medium", a
+    assert get("--qpa") == "0" and get("--internal-bitdepth") == "10", a
+    w, h = map(int, get("-s").split("x"))
+    data = open(get("-i"), "rb").read()
+    assert len(data) == w * h * 3 // 2, (len(data), w, h)
+    nal = lambda t, payload: b"\\x00\\x00\\x00\\x01" + bytes([0, (t << 3) | 1]) + payload
+    stream = (nal(14, b"\\x01\\x02") + nal(15, b"\\x03" * 9) + nal(16, b"\\x04" * 3)
+              + nal(19, b"\\x05") + nal(8, bytes([int(get("-q"))]) + data))
+    open(get("-o"), "wb").write(stream)
+"""
+FAKE_VVDEC = """
+    import sys, numpy as np
+    a = sys.argv[1:]
+    get = lambda k: a[a.index(k) + 1]
+    data = open(get("-b"), "rb").read()
+    idr = data.index(bytes([0, 0, 0, 1, 0, (8 << 3) | 1]))
+    yuv = np.frombuffer(data[idr + 7:], np.uint8).astype("<u2") * 4
+    open(get("-o"), "wb").write(yuv.tobytes())
+"""
+
+
+def test_vvc_with_fake_binaries(tmp_path):
+    """The anchor's files, command lines and stream checks, with the stand-ins above."""
+    enc = _script(tmp_path / "vvencapp", FAKE_VVENC)
+    dec = _script(tmp_path / "vvdecapp", FAKE_VVDEC)
     codec = VVC(encoder=str(enc), decoder=str(dec))
-    assert codec.available()[0] and codec.flavour == "vvenc"
+    ok, why = codec.available()
+    assert ok and codec.flavour == "vvenc" and codec.decoder_flavour == "vvdec", why
+    assert "--preset medium" in why and "420" in why
     img = synthetic_image(71, 45)
     data, dec_img = codec.roundtrip(img, 37)
     assert dec_img.size == (71, 45)
     # only the 4:2:0 conversion is lossy here
     assert psnr(img, dec_img) == pytest.approx(
         psnr(img[:44, :70], yuv_to_rgb(rgb_to_yuv(img[:44, :70], "420"), 70, 44, "420")), abs=1.5)
-    assert len(data) == 4 + 4 + 72 * 46 * 3 // 2  # size header + stand-in stream
+    head = 5 * (4 + 2) + 2 + 9 + 3 + 1 + 1  # start codes + NAL headers, VPS..PH payloads, QP
+    assert len(data) == 4 + head + 72 * 46 * 3 // 2  # size header + the whole stream
+    assert vvc_nal_types(data[4:])[:5] == [14, 15, 16, 19, 8]
+    assert data[4 + head - 1] == 37  # the QP reached the encoder
+    # VVenC cannot read 4:4:4: unavailable with a message, not a crash
+    ok, why = VVC(encoder=str(enc), decoder=str(dec), chroma="444").available()
+    assert not ok and "4:2:0" in why and "VTM" in why
+
+
+def test_vvc_rejects_output_that_is_not_a_vvc_stream(tmp_path):
+    enc = _script(tmp_path / "vvencapp", """
+        import sys
+        a = sys.argv[1:]
+        open(a[a.index("-o") + 1], "wb").write(b"RIFF....not an Annex-B stream")
+    """)
+    dec = _script(tmp_path / "vvdecapp", FAKE_VVDEC)
+    with pytest.raises(RuntimeError, match="not an Annex-B VVC"):
+        VVC(encoder=str(enc), decoder=str(dec)).encode(synthetic_image(16, 16), 37)
+
+
+def test_vvc_found_in_the_tools_folder(no_vvc, monkeypatch):
+    """`make vvc` installs into tools/vvc/bin: found there with no variable set; the
+    variables and the arguments still take precedence."""
+    assert VVC_TOOLS.endswith(os.path.join("tools", "vvc"))
+    assert os.path.dirname(os.path.dirname(VVC_TOOLS)) == os.path.dirname(
+        os.path.dirname(os.path.abspath(anchors.__file__)))  # relative to the repository
+    bin_dir = no_vvc / "bin"
+    bin_dir.mkdir()
+    enc = _script(bin_dir / "vvencapp", FAKE_VVENC)
+    dec = _script(bin_dir / "vvdecapp", FAKE_VVDEC)
+    codec = VVC()
+    assert (codec.encoder_path, codec.decoder_path) == (str(enc), str(dec))
+    ok, why = codec.available()
+    assert ok and str(enc) in why, why
+    assert codec.roundtrip(synthetic_image(32, 32), 30)[1].size == (32, 32)
+    assert [c.name for c in available_anchors(["vvc"], verbose=False)] == ["vvc"]
+    # $ICM_VVC_ENCODER / $ICM_VVC_DECODER win over the folder, arguments over both
+    other = _script(no_vvc / "my-vvencapp", FAKE_VVENC)
+    monkeypatch.setenv("ICM_VVC_ENCODER", str(other))
+    assert VVC().encoder_path == str(other) and VVC().decoder_path == str(dec)
+    assert VVC(encoder=str(enc)).encoder_path == str(enc)
+
+
+def _settings_for(preset_name):
+    from icmlib.presets import get_preset
+    from icmlib.reproduce import spread
+    return spread(VVC.qualities, get_preset(preset_name).repro_anchor_points)
+
+
+def test_vvc_rate_points_of_the_reproduction():
+    """`icm reproduce` codes VVC at spread(VVC.qualities, repro_anchor_points) settings."""
+    for name in ("ci", "cpu"):
+        settings = _settings_for(name)
+        assert len(settings) >= 4 and settings == sorted(settings, reverse=True), (name, settings)
+    assert _settings_for("cpu")[0] == VVC.qualities[0] and _settings_for("cpu")[-1] == VVC.qualities[-1]
+
+
+@pytest.mark.slow
+def test_vvc_real_binaries():
+    """VVenC/VVdeC (or VTM) for real, when `make vvc` built them or the variables point to
+    them: a QP sweep on a 128×128 image gives real VVC streams, rates and PSNRs that rise
+    together, over the learned codecs' range (the cpu reproduction's settings)."""
+    codec = VVC()
+    skip_unless_available(codec)
+    img = synthetic_image(128, 128)
+    settings = _settings_for("cpu")
+    rates, psnrs = check_curve(codec, img, settings)
+    assert rates[0] < 0.2 and rates[-1] > 1.0, (settings, rates)
+    # this image's noise and sharp colour edges cap any 4:2:0 codec at the conversion's PSNR
+    # (29.7 dB); near-lossless VVC reaches it, so decoding and 10→8-bit output are exact
+    ceiling = psnr(img, yuv_to_rgb(rgb_to_yuv(img, "420"), 128, 128, "420"))
+    assert psnrs[-1] > ceiling - 1.5, (settings, psnrs, ceiling)
+    assert psnr(img, codec.roundtrip(img, 10)[1]) == pytest.approx(ceiling, abs=0.2)
+    data = codec.encode(img, settings[-1])
+    types = vvc_nal_types(data[4:])
+    assert 15 in types and 16 in types and {7, 8} & set(types), types
+    # odd sizes: padded for 4:2:0, cropped back
+    odd = synthetic_image(71, 45, seed=1)
+    assert codec.roundtrip(odd, 32)[1].size == (71, 45)
 
 
 # --------------------------------------------------------------------------------------
