@@ -300,10 +300,18 @@ def test_better_than_reference():
 
 
 # ---- the command --------------------------------------------------------------------------
+def _without_vvc(tmp_path, monkeypatch):
+    """A machine where `make vvc` never ran and no VVC binary is configured."""
+    monkeypatch.setenv("ICM_VVC_TOOLS", str(tmp_path / "no-vvc-tools"))
+    monkeypatch.delenv("ICM_VVC_ENCODER", raising=False)
+    monkeypatch.delenv("ICM_VVC_DECODER", raising=False)
+
+
 def test_cli_evaluate(tmp_path, monkeypatch, networks, capsys):
     from icmlib.cli import main
 
     monkeypatch.setattr(ev, "task_networks", lambda tasks, preset=None: networks)
+    _without_vvc(tmp_path, monkeypatch)
     out = tmp_path / "ev.json"
     argv = ["evaluate", "--preset", "ci", "--anchor", "jpeg", "--anchor", "vvc",
             "--qualities", "10", "50", "--images", "1", "--tasks", "detection",
