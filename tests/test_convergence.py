@@ -12,6 +12,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.slow
 def test_study_writes_table_figure_and_provenance(tmp_path, monkeypatch):
     monkeypatch.setenv("ICM_PRESET", "ci")
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path / "cache"))  # its validation periods alone
     from icmlib import presets
 
     ci = get_preset("ci", variable_rate=True, codec_steps=4, codec_finetune_steps=4,

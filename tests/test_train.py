@@ -229,10 +229,13 @@ def test_codec_recipe_fine_tunes_from_the_base_codec():
     assert icm["meta"]["init_from"] == f"codec:{_state_hash(low['state_dict'])}"
 
 
-def test_variable_rate_recipe_one_codec_serves_every_rate():
+def test_variable_rate_recipe_one_codec_serves_every_rate(tmp_path, monkeypatch):
     """variable_rate: the MSE codec for all rates starts from the one-rate base codec (gains
     set from λ), the ICM codec from it; the rates take turns, each is validated, and
     codec_for returns a one-rate view of the shared weights."""
+    # a cache of its own: validation periods are not part of the key, so a run cached by
+    # another test with the same weights' settings would bring its own validation rows
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path))
     import math
 
     from icmlib.codec import AtRate
