@@ -263,6 +263,33 @@ class AtRate(nn.Module):
     def rate(self) -> int:
         return int(self.rate_index)
 
+    # The parts, as a one-rate codec has them (chapters and icmlib.probability take a codec
+    # apart): g_a includes this rate's gain, g_s its inverse gain; the rest is shared.
+    @property
+    def g_a(self):
+        return _Gained(self.net.g_a, lambda: self.net.gain[self.rate][None, :, None, None], "after")
+
+    @property
+    def g_s(self):
+        return _Gained(self.net.g_s, lambda: self.net.inv_gain[self.rate][None, :, None, None],
+                       "before")
+
+    @property
+    def h_a(self):
+        return self.net.h_a
+
+    @property
+    def h_s(self):
+        return self.net.h_s
+
+    @property
+    def entropy_bottleneck(self):
+        return self.net.entropy_bottleneck
+
+    @property
+    def gaussian_conditional(self):
+        return self.net.gaussian_conditional
+
     def forward(self, x):
         return self.net(x, rate=self.rate)
 
@@ -277,6 +304,25 @@ class AtRate(nn.Module):
 
     def aux_loss(self):
         return self.net.aux_loss()
+
+
+class _Gained:
+    """A transform with a rate's gain applied after it (g_a) or before it (g_s)."""
+
+    def __init__(self, transform: nn.Module, gain, where: str):
+        self.transform, self._gain, self.where = transform, gain, where
+
+    def __call__(self, x):
+        if self.where == "before":
+            return self.transform(x * self._gain())
+        return self.transform(x) * self._gain()
+
+    def parameters(self):
+        return self.transform.parameters()
+
+    def __repr__(self) -> str:
+        side = "× gain[r] after" if self.where == "after" else "× inverse gain[r] before"
+        return f"{self.transform!r}\n({side} it: one rate point of a variable-rate codec)"
 
 
 def at_rate(net: nn.Module, rate: int) -> nn.Module:

@@ -235,13 +235,20 @@ def reproduce(preset: Union[Preset, str, None] = None, out: Union[str, Path, Non
     """
     import os
 
-    if retrain:
-        from icmlib.shipped import RETRAIN_ENV
+    from icmlib.shipped import RETRAIN_ENV
 
+    before = os.environ.get(RETRAIN_ENV)
+    if retrain:
         os.environ[RETRAIN_ENV] = "1"
         if progress:
             print(retrain_estimate())
-    return _reproduce(preset, out, progress, command, force_evaluation)
+    try:
+        return _reproduce(preset, out, progress, command, force_evaluation)
+    finally:  # the caller's process keeps its own setting
+        if before is None:
+            os.environ.pop(RETRAIN_ENV, None)
+        else:
+            os.environ[RETRAIN_ENV] = before
 
 
 def retrain_estimate() -> str:

@@ -246,3 +246,26 @@ def test_entropy_models_run_in_float32_under_autocast(net):
         _, float32_likelihoods = net.entropy_bottleneck(captured["z"].float())
     assert torch.equal(out["likelihoods"]["z"], float32_likelihoods)
     assert "forward" not in vars(net.entropy_bottleneck)
+
+
+def test_rate_view_has_the_parts_of_a_one_rate_codec():
+    """Chapters and icmlib.probability take a codec apart (g_a, h_a, h_s, g_s...): on a view,
+    g_a and g_s carry the rate's gains, so the parts compose to the view's forward."""
+    from icmlib.codec import at_rate
+    from icmlib.probability import rate_report
+
+    torch.manual_seed(0)
+    vr = ICMCodec(N=8, M=8, rates=2)
+    with torch.no_grad():
+        vr.gain[1].fill_(3.0)
+        vr.inv_gain[1].fill_(1 / 3.0)
+    vr.update(force=True)
+    view = at_rate(vr.eval(), 1)
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(view.g_a(x), vr.g_a(x) * 3.0)
+    y_hat = torch.round(view.g_a(x))
+    assert torch.allclose(view.g_s(y_hat), vr.g_s(y_hat / 3.0))
+    assert view.g_s(y_hat).shape == x.shape and "gain" in repr(view.g_a)
+    assert sum(p.numel() for p in view.g_a.parameters()) > 0
+    report = rate_report(view, x)
+    assert report["real_bpp"] > 0 and report["estimated_bpp"] > 0
