@@ -123,7 +123,12 @@ def expand(obj: Any) -> Any:
         from icmlib.codec import ICMCodec
 
         net = ICMCodec(**obj["config"])
-        nn.Module.load_state_dict(net, obj["state_dict"], strict=False)  # CDFs come next
+        # one-element buffers are constants of construction (likelihood bounds of 1e-9, GDN
+        # pedestals of 1e-11): float16 rounds them to 0, so they come from the new codec
+        params = dict(net.named_parameters())
+        constants = {k for k, v in net.state_dict().items() if k not in params and v.numel() == 1}
+        state = {k: v for k, v in obj["state_dict"].items() if k not in constants}
+        nn.Module.load_state_dict(net, state, strict=False)  # CDFs come next
         net.update(force=True)
         obj["state_dict"] = net.state_dict()
     return obj
