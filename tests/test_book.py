@@ -171,12 +171,17 @@ def test_toc_and_chapter_pages(tmp_path):
     assert reports["book/c"].problems == [f"book/c: no page at {html / 'book' / 'c.html'}"]
 
 
-def test_chapters_without_figures_still_need_a_table(tmp_path):
-    toc = {"root": "book/t"}
+def _one_chapter_book(tmp_path):
+    """A book of one chapter, book/t, and the empty folder its HTML goes to."""
     (tmp_path / "book").mkdir()
     (tmp_path / "book" / "t.ipynb").write_text("x")
     html = tmp_path / "html"
     (html / "book").mkdir(parents=True)
+    return {"root": "book/t"}, html
+
+
+def test_chapters_without_figures_still_need_a_table(tmp_path):
+    toc, html = _one_chapter_book(tmp_path)
     table_only = '<h1>T</h1><div class="cell_output"><div class="output text_html"><table><tr><td>1</td></tr></table></div></div>'
     (html / "book" / "t.html").write_text(table_only)
     [strict] = check_book(toc, html, book_root=tmp_path)
@@ -260,11 +265,7 @@ def test_long_outputs_must_be_folded():
 
 
 def test_page_report_says_what_breaks_the_reading(tmp_path):
-    toc = {"root": "book/t"}
-    (tmp_path / "book").mkdir()
-    (tmp_path / "book" / "t.ipynb").write_text("x")
-    html = tmp_path / "html"
-    (html / "book").mkdir(parents=True)
+    toc, html = _one_chapter_book(tmp_path)
     figure = '<img src="data:image/png;base64,iVBORw0KGgo=" />'
     (html / "book" / "t.html").write_text(
         '<html><head><script src="https://cdn.example.org/mathjax.js"></script></head><body><article>'
