@@ -34,7 +34,7 @@ test: $(STAMP)
 	  $(BIN)/python -m pytest tests book --nbval-lax -p no:cacheprovider $(PYTEST_ARGS)
 
 # Optional: the VVC anchor's encoder and decoder (VVenC 1.14.0, VVdeC 3.2.0), built with CMake
-# into tools/vvc/bin, where icmlib.anchors.VVC finds them with no variable set (`make clean`
+# into tools/vvc/bin, where icmlib.evaluation.anchors.VVC finds them with no variable set (`make clean`
 # keeps them; delete tools/vvc to rebuild). Both release tarballs are checked against pinned
 # sha256 sums before anything is built (nice -n 10, 2 jobs). Offline, point VVC_SRC at a
 # folder holding vvenc-1.14.0.tar.gz and vvdec-3.2.0.tar.gz; without it the two tarballs are

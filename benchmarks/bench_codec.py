@@ -1,4 +1,4 @@
-"""Benchmark: our codec vs CompressAI's MeanScaleHyperprior on the CPU, and icmlib.ans.
+"""Benchmark: our codec vs CompressAI's MeanScaleHyperprior on the CPU, and icmlib.codec.ans.
 
 Measures, on the same images and in the same run (interleaved, so machine load hits both
 alike -- compare the *ratios*, not the absolute times):
@@ -6,7 +6,7 @@ alike -- compare the *ratios*, not the absolute times):
 * encode and decode time per image, ``ICMCodec(N, M)`` vs ``MeanScaleHyperprior(N, M)``
   (median of several runs after a warm-up), and their ratio (target ≤ 1.1);
 * the ``.icm`` file's bits against the likelihood estimate (overhead, header included);
-* ``icmlib.ans`` symbols per second against CompressAI's C++ coder, on the real symbols
+* ``icmlib.codec.ans`` symbols per second against CompressAI's C++ coder, on the real symbols
   and CDF tables of one image (both produce the same bytes).
 
 Writes a markdown table and ``data/benchmarks/codec_cpu.{json,md}`` with the command,
@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from icmlib.results import cpu_model, git_commit
+from icmlib.evaluation.results import cpu_model, git_commit
 from compressai import ans as compressai_ans
 from compressai.models import MeanScaleHyperprior
 
-from icmlib import ans
-from icmlib.bitstream import compress_to_bytes, decompress_bytes, header_size
-from icmlib.codec import (ICMCodec, decode_image, encode_image, likelihood_bits,
+from icmlib.codec import ans
+from icmlib.codec.bitstream import compress_to_bytes, decompress_bytes, header_size
+from icmlib.codec.model import (ICMCodec, decode_image, encode_image, likelihood_bits,
                           run_codec)
 from icmlib.presets import get_preset
 
@@ -96,7 +96,7 @@ def bench_overhead(net, images):
 
 
 def bench_ans(net, runs, n=50_000, seed=0):
-    """Symbols/s of icmlib.ans and CompressAI's coder, on the codec's real ŷ CDF tables
+    """Symbols/s of icmlib.codec.ans and CompressAI's coder, on the codec's real ŷ CDF tables
     with symbols drawn from those tables (so the entropy is realistic even for an
     untrained codec, whose latents are almost all zero)."""
     import numpy as np
@@ -114,7 +114,7 @@ def bench_ans(net, runs, n=50_000, seed=0):
     args = (sym.tolist(), idx.tolist(), cdfs.tolist(), lengths.tolist(), offsets.tolist())
     n = len(args[0])
     res = {"symbols": n}
-    coders = {"icmlib.ans": (ans.encode_with_indexes, ans.decode_with_indexes),
+    coders = {"icmlib.codec.ans": (ans.encode_with_indexes, ans.decode_with_indexes),
               "compressai": (compressai_ans.RansEncoder().encode_with_indexes,
                              compressai_ans.RansDecoder().decode_with_indexes)}
     streams = {}
@@ -129,7 +129,7 @@ def bench_ans(net, runs, n=50_000, seed=0):
         streams[name] = data
         res[name] = {"encode_symbols_per_s": n / statistics.median(te),
                      "decode_symbols_per_s": n / statistics.median(td), "bytes": len(data)}
-    res["identical_bytes"] = streams["icmlib.ans"] == streams["compressai"]
+    res["identical_bytes"] = streams["icmlib.codec.ans"] == streams["compressai"]
     return res
 
 
@@ -159,7 +159,7 @@ def markdown(result) -> str:
     lines += ["", f"rANS on {a['symbols']} symbols drawn from the codec's ŷ CDF tables "
               f"(identical bytes from both coders: {a['identical_bytes']}):",
               "", "| coder | encode (symbols/s) | decode (symbols/s) | bytes |", "|---|---|---|---|"]
-    for name in ("icmlib.ans", "compressai"):
+    for name in ("icmlib.codec.ans", "compressai"):
         lines.append(f"| {name} | {a[name]['encode_symbols_per_s']:,.0f} | "
                      f"{a[name]['decode_symbols_per_s']:,.0f} | {a[name]['bytes']} |")
     return "\n".join(lines) + "\n"
@@ -179,7 +179,7 @@ def main(argv=None):
     load_start = os.getloadavg()[0]
     preset = get_preset("cpu")
     if args.model:
-        from icmlib.codec import load_codec
+        from icmlib.codec.model import load_codec
         ours = load_codec(args.model)
         weights = f"ours from {args.model}, CompressAI's random init"
     else:

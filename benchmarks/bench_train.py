@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_train.py [--presets ci cpu] [--steps 6] [--threads 1 2]
 
-Runs the real training loop (``icmlib.train.train_codec``: data, forward, loss, backward,
+Runs the real training loop (``icmlib.training.codec.train_codec``: data, forward, loss, backward,
 clipping, both optimizers) for a few steps per configuration, drops the first two
 (warm-up), and reports the median wall-clock and CPU (process) seconds per step. The task
 networks are built *untrained* (``build_task_network``) so the benchmark does not first
@@ -29,15 +29,15 @@ from pathlib import Path
 
 import torch
 
-from icmlib.results import cpu_model, git_commit
+from icmlib.evaluation.results import cpu_model, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench_one(preset_name: str, task, threads: int, steps: int) -> dict:
-    import icmlib.tasks as tasks
+    import icmlib.tasks.networks as tasks
     from icmlib.presets import get_preset
-    from icmlib.train import train_codec
+    from icmlib.training.codec import train_codec
 
     torch.set_num_threads(threads)
     preset = get_preset(preset_name, val_every=10 ** 9, checkpoint_every=10 ** 9,

@@ -6,9 +6,9 @@
 For each chapter page (default: every notebook chapter of ``_toc.yml``) it writes
 ``<out>/<page>.png`` (the first screen, ``--window-size``) and, with ``--full``,
 the whole page cut into ``<out>/<page>-partNN.png`` tiles that an image viewer
-shows at a readable scale. Next to each it prints what ``icmlib.bookcheck``
+shows at a readable scale. Next to each it prints what ``bookcheck``
 found in the HTML (figures, tables, errors, stderr outputs, long unfolded outputs)
-and the browser checklist of ``icmlib.bookbrowser`` (math rendered, figures loaded,
+and the browser checklist of ``bookbrowser`` (math rendered, figures loaded,
 no horizontal overflow, title first, nothing fetched from outside), the same
 checklist ``tests/test_book.py`` asserts on every chapter.
 
@@ -23,8 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from icmlib.bookbrowser import checklist, find_chromium, probe_page, screenshot
-from icmlib.bookcheck import BookError, ChapterPage, chapter_pages, check_page
+from bookbrowser import checklist, find_chromium, probe_page, screenshot
+from bookcheck import BookError, ChapterPage, chapter_pages, check_page
 
 
 def trim_and_tile(png: Path, tile_height: int, footer: int = 160) -> list[Path]:

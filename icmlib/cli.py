@@ -30,7 +30,7 @@ def _add_preset_option(parser) -> None:
 
 
 def _add_codec_commands(sub) -> None:
-    model_help = ("codec checkpoint to use (a file written by icmlib.codec.save_codec, e.g. by "
+    model_help = ("codec checkpoint to use (a file written by icmlib.codec.model.save_codec, e.g. by "
                   "'icm train'); default: the codec shipped with icmlib")
     p = sub.add_parser(
         "encode", help="compress an image (PNG, JPEG, ...) into an .icm file",
@@ -59,7 +59,7 @@ def _add_codec_commands(sub) -> None:
 
 
 def _codec_for_cli(model):
-    from icmlib.pretrained import ModelError, resolve_codec
+    from icmlib.codec.pretrained import ModelError, resolve_codec
 
     try:
         return resolve_codec(model)
@@ -71,7 +71,7 @@ def _image_for_cli(path):
     """Load an image; conversions (gray, RGBA, ...) are reported, non-images are refused."""
     import warnings
 
-    from icmlib.data import load_image
+    from icmlib.data.world import load_image
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -86,7 +86,7 @@ def _image_for_cli(path):
 
 
 def _read_icm_for_cli(path):
-    from icmlib.bitstream import BitstreamError, read_icm
+    from icmlib.codec.bitstream import BitstreamError, read_icm
 
     try:
         return read_icm(path)
@@ -97,8 +97,8 @@ def _read_icm_for_cli(path):
 def _encode_command(args) -> int:
     import torch
 
-    from icmlib.bitstream import compress_image, header_size, pack, write_icm
-    from icmlib.codec import likelihood_bits, run_codec
+    from icmlib.codec.bitstream import compress_image, header_size, pack, write_icm
+    from icmlib.codec.model import likelihood_bits, run_codec
 
     image = _image_for_cli(args.image)
     net = _codec_for_cli(args.model)
@@ -125,8 +125,8 @@ def _encode_command(args) -> int:
 def _decode_command(args) -> int:
     from pathlib import Path
 
-    from icmlib.bitstream import BitstreamError, decompress_file
-    from icmlib.data import save_image
+    from icmlib.codec.bitstream import BitstreamError, decompress_file
+    from icmlib.data.world import save_image
 
     if Path(args.output).suffix.lower() != ".png":
         raise CLIError(f"icm decode writes a PNG (lossless, so the decoded pixels are kept "
@@ -146,8 +146,8 @@ def _decode_command(args) -> int:
 
 
 def _info_command(args) -> int:
-    from icmlib.bitstream import VERSION, header_size, stream_names
-    from icmlib.codec import fingerprint
+    from icmlib.codec.bitstream import VERSION, header_size, stream_names
+    from icmlib.codec.model import fingerprint
 
     f = _read_icm_for_cli(args.input)
     zh, zw = f.latent_shape
@@ -195,7 +195,7 @@ def _add_train_task_command(sub) -> None:
 
 
 def _train_task_command(args) -> int:
-    from icmlib import tasks
+    from icmlib.tasks import networks as tasks
 
     preset = _preset_from(args)
     if args.steps is not None and args.steps < 1:
@@ -269,7 +269,7 @@ def _add_train_command(sub) -> None:
 
 def _cmd_train(args) -> int:
     from icmlib.presets import get_preset
-    from icmlib.train import TrainingDiverged, resolve_rate, train_codec
+    from icmlib.training.codec import TrainingDiverged, resolve_rate, train_codec
 
     try:
         preset = get_preset(args.preset)
@@ -300,7 +300,7 @@ def _add_evaluate_commands(sub) -> None:
         description="Encode the preset's validation images with each codec to real bytes, "
                     "decode them, and measure bpp, PSNR, MS-SSIM and the frozen task networks' "
                     "accuracy (COCO mAP); the uncompressed reference too. Writes a results "
-                    "JSON (schema: icmlib.results) that 'icm evaluate --plot' and the book draw.")
+                    "JSON (schema: icmlib.evaluation.results) that 'icm evaluate --plot' and the book draw.")
     _add_preset_option(p)
     p.add_argument("--anchor", action="append", default=[], metavar="NAME",
                    help="a traditional anchor (jpeg, jpeg2000, webp, avif, hevc, av1, vvc); "
@@ -351,12 +351,12 @@ def _cmd_evaluate(args) -> int:
         raise CLIError("nothing to evaluate: give --anchor NAME and/or --model CKPT")
     if args.images is not None and args.images < 1:
         raise CLIError(f"--images must be at least 1, got {args.images}")
-    from icmlib.anchors import make_anchor
-    from icmlib.codec import load_codec
-    from icmlib.data import dataset_for
-    from icmlib.evaluate import (EvaluationError, dataset_info, evaluate_codec, learned_codec,
+    from icmlib.evaluation.anchors import make_anchor
+    from icmlib.codec.model import load_codec
+    from icmlib.data.world import dataset_for
+    from icmlib.evaluation.evaluate import (EvaluationError, dataset_info, evaluate_codec, learned_codec,
                                  reference_accuracy, subset, task_networks)
-    from icmlib.results import ResultsError, load_results, new_results, save_results
+    from icmlib.evaluation.results import ResultsError, load_results, new_results, save_results
 
     codecs = []
     for name in args.anchor:
@@ -426,8 +426,8 @@ def _cmd_evaluate(args) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from icmlib import plots
-        from icmlib.results import TASK_METRIC
+        from icmlib.evaluation import plots
+        from icmlib.evaluation.results import TASK_METRIC
         for metric in [TASK_METRIC[t] for t in args.tasks] + ["psnr"]:
             fig, ax = plt.subplots(figsize=(7, 4.8))
             plots.plot_rd_curves(results, metric, ax=ax, reference=metric != "psnr")
@@ -456,7 +456,7 @@ def _evaluate_command(args, preset) -> str:
 
 def _cmd_reproduce(args) -> int:
     preset = _preset_from(args)
-    from icmlib.reproduce import ReproductionError, reproduce
+    from icmlib.evaluation.reproduce import ReproductionError, reproduce
 
     command = (f"icm reproduce --preset {preset.name}" + (f" --out {args.out}" if args.out else "")
                + (" --retrain" if args.retrain else ""))

@@ -39,13 +39,13 @@ class Preset:
     codec_blocks: int = 0               # extra residual blocks per stage
     crop_size: int = 64                 # training crops
     batch_size: int = 8
-    # How every codec is trained (icmlib.train.codec_for, the book and `icm reproduce`):
+    # How every codec is trained (icmlib.training.codec.codec_for, the book and `icm reproduce`):
     # the MSE codec at rate point ``codec_base_rate`` from scratch (codec_steps); the MSE
     # codecs at the other rates fine-tuned from it (codec_finetune_steps); every ICM codec
     # fine-tuned from the MSE codec of its rate (icm_steps). codec_base_rate = -1: every
     # MSE codec from scratch (codec_steps each).
     # variable_rate: one codec per (task, strategy) serves every rate point through learned
-    # gain vectors (icmlib.codec.ICMCodec(rates=R), Cui et al. 2021): it is trained from the
+    # gain vectors (icmlib.codec.model.ICMCodec(rates=R), Cui et al. 2021): it is trained from the
     # base MSE codec for codec_finetune_steps (MSE) or icm_steps (ICM), the rates taking turns.
     variable_rate: bool = False
     codec_steps: int = 3000             # steps for an MSE (human-vision) codec from scratch
@@ -85,15 +85,15 @@ class Preset:
     # --- evaluation ------------------------------------------------------------------
     eval_images: int = 64
 
-    # --- reproduction (icmlib.reproduce, `icm reproduce`) ---------------------------------
+    # --- reproduction (icmlib.evaluation.reproduce, `icm reproduce`) ---------------------------------
     # Its codecs are codec_for's (rate points rd_lambdas; steps above), so the book and the
-    # reproduction share them. See icmlib/reproduce.py for the budget of each preset.
+    # reproduction share them. See icmlib/evaluation/reproduce.py for the budget of each preset.
     repro_eval_images: int = 32         # test images every codec is evaluated on (0: all)
-    repro_anchors: Tuple[str, ...] = () # anchor names (icmlib.anchors.ANCHORS); () = all
+    repro_anchors: Tuple[str, ...] = () # anchor names (icmlib.evaluation.anchors.ANCHORS); () = all
     repro_anchor_points: int = 6        # settings per anchor, spread over its range; 0 = all
     repro_strategies: Tuple[str, ...] = ("fixed", "dynamic")
 
-    # --- segmentation chapters (icmlib.segmentation / seg_train) ------------------------
+    # --- segmentation chapters (icmlib.segmentation.layers / seg_train) ------------------------
     seg_image_size: int = 96            # images and masks are resized to this square size
     seg_width: int = 16                 # channels of the first U-Net stage
     seg_depth: int = 3                  # poolings in the U-Net / FCN encoder
@@ -110,7 +110,7 @@ class Preset:
     seg_gan_steps: int = 300            # cGAN / VAE segmenters
     seg_latent_dim: int = 6             # VAE segmenter latent size
 
-    # --- codec training (icmlib.train, icmlib.weighting) -----------------------------
+    # --- codec training (icmlib.training.codec, icmlib.training.weighting) -----------------------------
     train_seed: int = 0                 # seeds codec init, batches, crops and noise
     checkpoint_every: int = 250         # steps between resumable checkpoints
     train_val_images: int = 16          # val images coded for real at each validation

@@ -85,7 +85,7 @@ def _map_tensors(obj: Any, fn) -> Any:
 
 
 def _is_codec(obj: Any) -> bool:
-    from icmlib.codec import CHECKPOINT_FORMAT
+    from icmlib.codec.model import CHECKPOINT_FORMAT
 
     return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
 
@@ -120,7 +120,7 @@ def expand(obj: Any) -> Any:
     if _is_codec(obj):
         from torch import nn
 
-        from icmlib.codec import ICMCodec
+        from icmlib.codec.model import ICMCodec
 
         net = ICMCodec(**obj["config"])
         # one-element buffers are constants of construction (likelihood bounds of 1e-9, GDN
@@ -183,7 +183,7 @@ def ship(kind: str, config: Mapping[str, Any], obj: Any, *, command: str, traine
     rewritten, so unchanged weights are never committed twice.
     """
     from icmlib.cache import atomic_save, atomic_write_text, config_key
-    from icmlib.results import cpu_model, git_commit
+    from icmlib.evaluation.results import cpu_model, git_commit
 
     directory = Path(directory or shipped_dir())
     directory.mkdir(parents=True, exist_ok=True)
@@ -222,9 +222,9 @@ def shipped_summary(directory: Optional[Path] = None) -> Dict[str, Any]:
 def reproduction_checkpoints(preset) -> list:
     """``(kind, config)`` of every checkpoint ``icm reproduce`` loads for ``preset``: the
     frozen task networks, the MSE baseline and each (task, strategy) ICM codec."""
-    from icmlib.reproduce import REPRO_TASKS
-    from icmlib.tasks import task_config
-    from icmlib.train import codec_config
+    from icmlib.evaluation.reproduce import REPRO_TASKS
+    from icmlib.tasks.networks import task_config
+    from icmlib.training.codec import codec_config
 
     items = [(f"task-{t}", task_config(t, preset)) for t in REPRO_TASKS]
     rates = [0] if preset.variable_rate else range(len(preset.rd_lambdas))

@@ -1,7 +1,7 @@
 """The interactive explorer: pick codecs and rates, see what the task network sees.
 
 ``Explorer`` codes one validation image with any codec behind the anchors' interface
-(``icmlib.anchors.Codec``: Pillow/ffmpeg anchors and our learned codecs through
+(``icmlib.evaluation.anchors.Codec``: Pillow/ffmpeg anchors and our learned codecs through
 ``LearnedCodec``), runs the frozen task network on the decoded image and shows the
 predictions with bpp (from the real bytes), PSNR and the image's COCO mAP. Two codecs
 are shown side by side; "match rate" picks, for the right-hand codec, the setting whose
@@ -16,11 +16,11 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from icmlib.anchors import Codec, bpp, to_pil
-from icmlib.data import draw_annotations
-from icmlib.evaluate import pil_to_tensor
+from icmlib.evaluation.anchors import Codec, bpp, to_pil
+from icmlib.data.world import draw_annotations
+from icmlib.evaluation.evaluate import pil_to_tensor
 from icmlib.metrics import coco_map, predictions_to_coco, psnr
-from icmlib.tasks import FrozenTask
+from icmlib.tasks.networks import FrozenTask
 
 #: predictions below this score are not drawn (all of them count for mAP)
 DRAW_SCORE = 0.5

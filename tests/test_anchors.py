@@ -4,14 +4,15 @@ import os
 import stat
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from icmlib import anchors
-from icmlib.anchors import (AV1, AVIF, HEVC, JPEG, VVC, VVC_TOOLS, AnchorUnavailable, JPEG2000,
+from icmlib.evaluation import anchors
+from icmlib.evaluation.anchors import (AV1, AVIF, HEVC, JPEG, VVC, VVC_TOOLS, AnchorUnavailable, JPEG2000,
                             LearnedCodec, WebP, available_anchors, bpp, compressai_zoo,
                             compressai_zoo_codec, make_anchor, pack_strings, rd_points,
                             rgb_to_yuv, to_pil, unpack_strings, vvc_nal_types, yuv_to_rgb)
@@ -288,8 +289,7 @@ def test_vvc_found_in_the_tools_folder(no_vvc, monkeypatch):
     """`make vvc` installs into tools/vvc/bin: found there with no variable set; the
     variables and the arguments still take precedence."""
     assert VVC_TOOLS.endswith(os.path.join("tools", "vvc"))
-    assert os.path.dirname(os.path.dirname(VVC_TOOLS)) == os.path.dirname(
-        os.path.dirname(os.path.abspath(anchors.__file__)))  # relative to the repository
+    assert Path(VVC_TOOLS).parents[1] == Path(anchors.__file__).resolve().parents[2]  # the repository
     bin_dir = no_vvc / "bin"
     bin_dir.mkdir()
     enc = _script(bin_dir / "vvencapp", FAKE_VVENC)
@@ -309,7 +309,7 @@ def test_vvc_found_in_the_tools_folder(no_vvc, monkeypatch):
 
 def _settings_for(preset_name):
     from icmlib.presets import get_preset
-    from icmlib.reproduce import spread
+    from icmlib.evaluation.reproduce import spread
     return spread(VVC.qualities, get_preset(preset_name).repro_anchor_points)
 
 
@@ -367,7 +367,7 @@ def test_unpack_strings_every_truncation_is_a_clear_error():
 
 @pytest.fixture(scope="module")
 def toy_nets():
-    from icmlib.codec import ICMCodec
+    from icmlib.codec.model import ICMCodec
     import copy
     torch.manual_seed(0)
     net = ICMCodec(N=8, M=8).eval()
@@ -380,8 +380,8 @@ def toy_nets():
 
 @pytest.mark.parametrize("container", ["icm", "raw"])
 def test_learned_codec_roundtrip(toy_nets, container):
-    from icmlib import bitstream
-    from icmlib.codec import decode_image, encode_image, fingerprint
+    from icmlib.codec import bitstream
+    from icmlib.codec.model import decode_image, encode_image, fingerprint
     codec = LearnedCodec(toy_nets, name="toy", container=container)
     assert codec.qualities == (0, 1) and codec.available()[0]
     img = synthetic_image(37, 21)
@@ -406,7 +406,7 @@ def test_learned_codec_roundtrip(toy_nets, container):
 
 
 def test_learned_codec_refuses_a_foreign_icm_file(toy_nets):
-    from icmlib import bitstream
+    from icmlib.codec import bitstream
     data = LearnedCodec(toy_nets[1], name="b").encode(synthetic_image(16, 16), 0)
     with pytest.raises(bitstream.BitstreamError, match="none of this codec"):
         LearnedCodec(toy_nets[0], name="a").decode(data)

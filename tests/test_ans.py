@@ -1,12 +1,12 @@
-"""icmlib.ans: decodes exactly what it encodes, and matches CompressAI's rANS coder."""
+"""icmlib.codec.ans: decodes exactly what it encodes, and matches CompressAI's rANS coder."""
 import numpy as np
 import pytest
 import torch
 from compressai import ans as compressai_ans
 from compressai.entropy_models.entropy_models import pmf_to_quantized_cdf
 
-from icmlib import ans
-from icmlib.codec import ICMCodec, decode_image, encode_image
+from icmlib.codec import ans
+from icmlib.codec.model import ICMCodec, decode_image, encode_image
 
 
 def random_pmf(rng, n):

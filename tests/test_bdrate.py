@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 
-from icmlib.bdrate import (BDRateError, BDRateWarning, bd_map, bd_psnr, bd_quality, bd_rate,
+from icmlib.evaluation.bdrate import (BDRateError, BDRateWarning, bd_map, bd_psnr, bd_quality, bd_rate,
                            bd_rate_table, frontier, overlap)
 
 # --------------------------------------------------------------------------------------

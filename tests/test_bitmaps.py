@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from icmlib.bitmaps import bit_map, block_coverage, object_bit_share, object_mask, plot_bit_maps
-from icmlib.codec import ICMCodec
+from icmlib.evaluation.bitmaps import bit_map, block_coverage, object_bit_share, object_mask, plot_bit_maps
+from icmlib.codec.model import ICMCodec
 
 
 class _FakeCodec(torch.nn.Module):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from icmlib import bitstream
-from icmlib.bitstream import (BitstreamError, ICMFile, compress_to_bytes, decompress_bytes,
+from icmlib.codec import bitstream
+from icmlib.codec.bitstream import (BitstreamError, ICMFile, compress_to_bytes, decompress_bytes,
                               header_size, pack, read_icm, unpack, write_icm)
-from icmlib.codec import ICMCodec, decode_image, encode_image, fingerprint
+from icmlib.codec.model import ICMCodec, decode_image, encode_image, fingerprint
 
 
 def make_codec(seed):
@@ -191,8 +191,8 @@ def test_version_1_files_are_read_but_not_decoded(net, data):
 
 _FUZZ = r"""
 import sys, numpy as np, torch
-from icmlib.bitstream import BitstreamError, ICMFile, compress_image, decompress_bytes, pack
-from icmlib.codec import ICMCodec
+from icmlib.codec.bitstream import BitstreamError, ICMFile, compress_image, decompress_bytes, pack
+from icmlib.codec.model import ICMCodec
 torch.manual_seed(0)
 net = ICMCodec(N=16, M=24)
 with torch.no_grad():  # spread z and the scales (an untrained z is all 0), as training does

@@ -7,7 +7,7 @@ repository URL is said once (``_config.yml``) and the install cells and README a
 
 Three kinds of test:
 
-* unit tests of ``icmlib.bookcheck`` on handmade HTML (fast);
+* unit tests of ``bookcheck`` on handmade HTML (fast);
 * two builds of a tiny book that uses the repository's own ``_config.yml`` (the
   thing under test): a notebook that raises must make ``jupyter-book build``
   exit non-zero, and a notebook that works must render its printed output and
@@ -31,8 +31,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from icmlib import bookassets, bookbrowser, bookcheck, booksource
-from icmlib.bookcheck import (
+import bookbrowser
+import bookcheck
+from icmlib.book import assets as bookassets, source as booksource
+from bookcheck import (
     MAX_OUTPUT_LINES,
     BookError,
     chapter_pages,
@@ -284,7 +286,7 @@ def test_mathjax_is_served_by_the_site(tmp_path):
     import yaml
 
     config = yaml.safe_load(CONFIG.read_text())
-    assert "icmlib.bookassets" in config["sphinx"]["extra_extensions"]
+    assert "icmlib.book.assets" in config["sphinx"]["extra_extensions"]
     assert config["sphinx"]["config"]["mathjax_path"] == f"{bookassets.STATIC_SUBDIR}/{bookassets.ENTRY}"
     assert config["sphinx"]["config"]["nb_ipywidgets_js"] == {}  # no widget JavaScript from a CDN
     written = bookassets.copy_mathjax(tmp_path / "mathjax")

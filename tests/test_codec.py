@@ -4,7 +4,7 @@ import pytest
 import torch
 from compressai.models import MeanScaleHyperprior
 
-from icmlib.codec import (STRIDE, ICMCodec, crop, decode_image, encode_image, fingerprint,
+from icmlib.codec.model import (STRIDE, ICMCodec, crop, decode_image, encode_image, fingerprint,
                           likelihood_bits, load_codec, pad, padding_for, run_codec, save_codec)
 
 
@@ -145,7 +145,7 @@ def test_one_rate_codec_codes_exactly_as_compressai_does(net):
 
 
 def test_variable_rate_codec_gains_choose_the_rate():
-    from icmlib.codec import AtRate, at_rate
+    from icmlib.codec.model import AtRate, at_rate
 
     torch.manual_seed(0)
     vr = ICMCodec(N=16, M=24, rates=3)
@@ -170,7 +170,7 @@ def test_variable_rate_codec_gains_choose_the_rate():
 
 
 def test_variable_rate_codec_clear_errors():
-    from icmlib.codec import at_rate
+    from icmlib.codec.model import at_rate
 
     vr = ICMCodec(N=8, M=8, rates=2)
     with pytest.raises(ValueError, match="needs rate="):
@@ -249,10 +249,10 @@ def test_entropy_models_run_in_float32_under_autocast(net):
 
 
 def test_rate_view_has_the_parts_of_a_one_rate_codec():
-    """Chapters and icmlib.probability take a codec apart (g_a, h_a, h_s, g_s...): on a view,
+    """Chapters and icmlib.codec.probability take a codec apart (g_a, h_a, h_s, g_s...): on a view,
     g_a and g_s carry the rate's gains, so the parts compose to the view's forward."""
-    from icmlib.codec import at_rate
-    from icmlib.probability import rate_report
+    from icmlib.codec.model import at_rate
+    from icmlib.codec.probability import rate_report
 
     torch.manual_seed(0)
     vr = ICMCodec(N=8, M=8, rates=2)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from icmlib.convergence import convergence_rows, main
+from icmlib.evaluation.convergence import convergence_rows, main
 from icmlib.presets import get_preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,7 +20,7 @@ def test_study_writes_table_figure_and_provenance(tmp_path, monkeypatch):
     monkeypatch.setitem(presets.PRESETS, "ci", ci)
     assert main(["--preset", "ci", "--out", str(tmp_path)]) == 0
     doc = json.loads((tmp_path / "convergence.json").read_text())
-    assert doc["commit"] and doc["hardware"] and "icmlib.convergence" in doc["command"]
+    assert doc["commit"] and doc["hardware"] and "icmlib.evaluation.convergence" in doc["command"]
     runs = {r["run"] for r in doc["rows"]}
     assert len(runs) == 3
     icm = [r for r in doc["rows"] if r["run"].startswith("ICM")]

@@ -1,4 +1,4 @@
-"""Tests of icmlib.data: synthetic world, COCO-format loader, crops, images, COCO download."""
+"""Tests of icmlib.data.world: synthetic world, COCO-format loader, crops, images, COCO download."""
 import json
 import urllib.error
 import urllib.request
@@ -11,8 +11,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from icmlib import data
-from icmlib.data import (CATEGORIES, NUM_CLASSES, CocoDataset, collate, dataset_for,
+from icmlib.data import world as data
+from icmlib.data.world import (CATEGORIES, NUM_CLASSES, CocoDataset, collate, dataset_for,
                          download_coco, generate_world, load_image, save_image,
                          stack_images, synthetic_world)
 from icmlib.presets import get_preset
@@ -515,7 +515,7 @@ def test_hub_checkpoint_downloads_with_its_own_timeout_and_checks_the_hash(tmp_p
     import socket
     import urllib.request
 
-    from icmlib.data import hub_checkpoint
+    from icmlib.data.world import hub_checkpoint
 
     payload = b"weights"
     prefix = hashlib.sha256(payload).hexdigest()[:8]

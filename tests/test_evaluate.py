@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from icmlib import evaluate as ev
-from icmlib import results as res
-from icmlib.anchors import JPEG, LearnedCodec
-from icmlib.codec import ICMCodec
+from icmlib.evaluation import evaluate as ev
+from icmlib.evaluation import results as res
+from icmlib.evaluation.anchors import JPEG, LearnedCodec
+from icmlib.codec.model import ICMCodec
 from icmlib.presets import get_preset
 
 PRESET = get_preset("ci")
@@ -23,7 +23,7 @@ PRESET = get_preset("ci")
 
 @pytest.fixture(scope="module")
 def networks():
-    from icmlib.tasks import build_task_network, freeze_batchnorm
+    from icmlib.tasks.networks import build_task_network, freeze_batchnorm
 
     torch.manual_seed(0)
     nets = {}
@@ -37,7 +37,7 @@ def networks():
 
 @pytest.fixture(scope="module")
 def dataset():
-    from icmlib.data import dataset_for
+    from icmlib.data.world import dataset_for
 
     return ev.subset(dataset_for(PRESET, split="val"), 2)
 
@@ -155,7 +155,7 @@ def test_evaluate_anchor_and_learned_codec_bpp_from_real_bytes(dataset, networks
 
 
 def test_reference_accuracy_on_originals(dataset, networks):
-    from icmlib.tasks import evaluate_task
+    from icmlib.tasks.networks import evaluate_task
 
     ref = ev.reference_accuracy(("detection", "instance"), dataset, preset=PRESET,
                                 networks=networks)
@@ -165,7 +165,7 @@ def test_reference_accuracy_on_originals(dataset, networks):
 
 
 def test_subset_is_deterministic_and_checked(dataset):
-    from icmlib.data import dataset_for
+    from icmlib.data.world import dataset_for
 
     full = dataset_for(PRESET, split="val")
     assert ev.subset(full, 2).ids == full.ids[:2] == dataset.ids
@@ -197,7 +197,7 @@ def test_plots_from_saved_file(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from icmlib import plots
+    from icmlib.evaluation import plots
 
     path = res.save_results(_fake_results(), tmp_path / "r.json")
     ax = plots.plot_rd_curves(str(path), "bbox_map")
@@ -225,7 +225,7 @@ def test_bd_rate_table_in_paper_form():
     num = ev.bd_rate_table(results, metric="bbox_map", as_text=False)
     assert num.loc["ICM dynamic (detection)", "jpeg"] < -40
     assert math.isnan(num.loc["far", "jpeg"])
-    from icmlib.bdrate import bd_rate
+    from icmlib.evaluation.bdrate import bd_rate
 
     icm = [(p["bpp"], p["bbox_map"]) for p in results["codecs"][2]["points"]]
     jpeg = [(p["bpp"], p["bbox_map"]) for p in results["codecs"][0]["points"]]
@@ -277,7 +277,7 @@ def test_overhead_comparison_at_two_sizes(tiny_codec):
 
 
 def test_summary_states_the_rule_and_shows_both_tables(tmp_path):
-    from icmlib import reproduce as rp
+    from icmlib.evaluation import reproduce as rp
 
     results = _fake_results()
     assert "coded bitstream" in results["rate_rule"]
@@ -343,7 +343,7 @@ def test_cli_evaluate(tmp_path, monkeypatch, networks, capsys):
 def test_task_networks_follow_icm_cache_force_and_device(tmp_path, monkeypatch):
     """The per-process memo of loaded networks is per cache folder, ``force`` retrains
     (and replaces the memo), and the networks sit on the evaluation device."""
-    import icmlib.tasks
+    import icmlib.tasks.networks
 
     calls = []
 
@@ -351,7 +351,7 @@ def test_task_networks_follow_icm_cache_force_and_device(tmp_path, monkeypatch):
         calls.append(force)
         return torch.nn.Linear(2, 2)
 
-    monkeypatch.setattr(icmlib.tasks, "task_network", fake_task_network)
+    monkeypatch.setattr(icmlib.tasks.networks, "task_network", fake_task_network)
     monkeypatch.setenv("ICM_CACHE", str(tmp_path / "a"))
     a = ev.task_networks(["detection"], "ci")["detection"]
     assert ev.task_networks(["detection"], "ci")["detection"] is a and calls == [False]

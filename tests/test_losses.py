@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from icmlib import losses
-from icmlib.codec import ICMCodec
+from icmlib.codec import losses
+from icmlib.codec.model import ICMCodec
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,5 +1,5 @@
 """Rate accounting: every codec's bytes split into the coded stream a decoder needs and the
-overheads around it (icmlib.overheads), on real files each encoder writes.
+overheads around it (icmlib.evaluation.overheads), on real files each encoder writes.
 
 The central check (``test_counted_bytes_are_what_the_decoder_reads``): for one image per
 codec, the bytes the rule counts are exactly the stream a decoder of the bare format
@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from icmlib import overheads as oh
-from icmlib.anchors import (AV1, AVIF, HEVC, JPEG, VVC, JPEG2000, LearnedCodec, WebP, _run,
+from icmlib.evaluation import overheads as oh
+from icmlib.evaluation.anchors import (AV1, AVIF, HEVC, JPEG, VVC, JPEG2000, LearnedCodec, WebP, _run,
                             _with_size, find_ffmpeg, yuv_to_rgb)
 
 SIZE = 128
@@ -23,7 +23,7 @@ SIZE = 128
 @pytest.fixture(scope="module")
 def image():
     """A 128×128 image of the synthetic world (the cpu preset's size)."""
-    from icmlib.data import _render_image
+    from icmlib.data.world import _render_image
 
     pixels, _ = _render_image(np.random.default_rng(0), SIZE, 3)
     return pixels
@@ -101,7 +101,7 @@ def test_counted_bytes_are_what_the_decoder_reads(image, cls, setting):
 
 @pytest.fixture(scope="module")
 def toy_net():
-    from icmlib.codec import ICMCodec
+    from icmlib.codec.model import ICMCodec
 
     torch.manual_seed(0)
     net = ICMCodec(N=8, M=8).eval()
@@ -113,9 +113,9 @@ def toy_net():
 def test_learned_codec_counts_streams_and_side_information(image, toy_net, container, header):
     """Coded = the ŷ and ẑ streams + 8 bytes (H, W, two 16-bit lengths); the decoder needs
     nothing else: the streams and the image size alone give the codec's image."""
-    from icmlib import bitstream
-    from icmlib.anchors import to_pil, unpack_strings
-    from icmlib.codec import STRIDE, decode_image, padding_for
+    from icmlib.codec import bitstream
+    from icmlib.evaluation.anchors import to_pil, unpack_strings
+    from icmlib.codec.model import STRIDE, decode_image, padding_for
 
     codec = LearnedCodec([toy_net], "toy", container=container)
     data = codec.encode(image, 0)
@@ -278,7 +278,7 @@ def test_parts_must_tile_the_file():
 
 def test_measure_overheads_at_two_image_sizes(image):
     """The same fixed overhead weighs 18.75 times less per pixel at 640×480 than at 128×128."""
-    from icmlib.data import _render_image
+    from icmlib.data.world import _render_image
 
     big = _render_image(np.random.default_rng(1), 640, 3)[0][:480]
     codec = need(JPEG())

@@ -6,8 +6,8 @@ codecs of a few steps each, and evaluates them and the ci anchors on 4 images).
 """
 import pytest
 
-from icmlib import reproduce as rp
-from icmlib import results as res
+from icmlib.evaluation import reproduce as rp
+from icmlib.evaluation import results as res
 from icmlib.presets import get_preset
 
 OUTPUTS = ("results.json", "rd_detection.png", "rd_instance.png", "rd_psnr.png",
@@ -55,7 +55,11 @@ def test_reproduce_ci_end_to_end(tmp_path, monkeypatch, capsys):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from icmlib import evaluate, plots, train
+    from icmlib.evaluation import evaluate
+
+    from icmlib.evaluation import plots
+
+    from icmlib.training import codec as train
     from icmlib.cli import main
 
     # a machine without VVC (make vvc not run): the anchor is skipped with its message
@@ -148,7 +152,7 @@ def test_reproduce_gives_the_caller_its_thread_count_back(tmp_path, monkeypatch)
     in its first step) the caller has its own setting again."""
     import torch
 
-    from icmlib import evaluate
+    from icmlib.evaluation import evaluate
 
     class Stop(Exception):
         pass

@@ -1,11 +1,11 @@
-"""Unit tests of icmlib.segmentation / seg_models / seg_train: layers, metrics, data prep, training."""
+"""Unit tests of icmlib.segmentation.layers / seg_models / seg_train: layers, metrics, data prep, training."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from icmlib import seg_train
-from icmlib.segmentation import (FCN, JointAugment, PatchClassifier, PatchDiscriminator, UNet,
+from icmlib.segmentation import train as seg_train
+from icmlib.segmentation.layers import (FCN, JointAugment, PatchClassifier, PatchDiscriminator, UNet,
                                  VAESegmenter, bed_of_nails_unpool, boundary_f1, confusion_matrix,
                                  dice_loss, dice_score, mask_boundary, max_pool_with_indices,
                                  max_unpool, mean_pixel_accuracy, miou, nearest_unpool, normalize,
@@ -333,7 +333,7 @@ def test_segmenter_for_trains_once_then_loads(tmp_path, monkeypatch):
 def test_segmenter_cache_key_follows_the_world_generator_version(monkeypatch):
     """A new world generator (WORLD_VERSION) draws other images: every cached segmenter
     must then be retrained, so the version is part of each segmenter's key."""
-    import icmlib.data
+    import icmlib.data.world
 
     keys = []
 
@@ -346,7 +346,7 @@ def test_segmenter_cache_key_follows_the_world_generator_version(monkeypatch):
 
     monkeypatch.setattr(seg_train, "train_or_load", capture)
     for version in ("1", "2"):
-        monkeypatch.setattr(icmlib.data, "WORLD_VERSION", version)
+        monkeypatch.setattr(icmlib.data.world, "WORLD_VERSION", version)
         with pytest.raises(Stop):
             seg_train.segmenter_for("fcn", "ci", progress=False)
     assert keys[0] != keys[1] and keys[1]["world_version"] == "2"

@@ -7,9 +7,9 @@ import torch
 
 from icmlib import shipped
 from icmlib.cache import config_key, train_or_load
-from icmlib.codec import decode_image, encode_image
+from icmlib.codec.model import decode_image, encode_image
 from icmlib.presets import get_preset
-from icmlib.train import codec_config, codec_for, codec_run
+from icmlib.training.codec import codec_config, codec_for, codec_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,12 +1,12 @@
-"""Tests of icmlib.tasks: the small task networks, the frozen-task wrapper, training and
+"""Tests of icmlib.tasks.networks: the small task networks, the frozen-task wrapper, training and
 evaluation (ci preset), and the clear error when pretrained weights cannot be fetched."""
 import urllib.error
 
 import pytest
 import torch
 
-from icmlib import tasks
-from icmlib.data import NUM_CLASSES, collate, dataset_for, stack_images
+from icmlib.tasks import networks as tasks
+from icmlib.data.world import NUM_CLASSES, collate, dataset_for, stack_images
 from icmlib.presets import get_preset
 
 torch.set_num_threads(2)
@@ -58,7 +58,7 @@ def _state(module):
 
 @pytest.mark.parametrize("task", tasks.TASKS)
 def test_frozen_task_never_changes_while_the_codec_learns(task, preset, batch):
-    from icmlib.codec import ICMCodec, run_codec
+    from icmlib.codec.model import ICMCodec, run_codec
 
     torch.manual_seed(0)
     # an untrained network with ordinary (not yet frozen) BatchNorm layers: the wrapper

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the VVC anchor's encoder and decoder (VVenC 1.14.0, VVdeC 3.2.0) into a
-# project-local tools folder; icmlib.anchors.VVC finds them there without any variable.
+# project-local tools folder; icmlib.evaluation.anchors.VVC finds them there without any variable.
 #
 #   tools/build_vvc.sh                 download the two release tarballs from GitHub
 #   VVC_SRC=DIR tools/build_vvc.sh     build from DIR/vvenc-1.14.0.tar.gz, DIR/vvdec-3.2.0.tar.gz

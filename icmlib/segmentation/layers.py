@@ -16,9 +16,9 @@ from first principles here:
   :class:`JointAugment` (crop, flip, rotation on image *and* mask; colour jitter and blur
   on the image only).
 
-The networks live in :mod:`icmlib.seg_models` (re-exported here: ``UNet``, ``FCN``,
+The networks live in :mod:`icmlib.segmentation.models` (re-exported here: ``UNet``, ``FCN``,
 ``PatchClassifier``, ...) and training / evaluation / transfer learning / generative
-segmenters in :mod:`icmlib.seg_train`.
+segmenters in :mod:`icmlib.segmentation.train`.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .seg_models import (FCN, PatchClassifier, PatchDiscriminator, TorchvisionUNet, UNet,  # noqa: F401
+from icmlib.segmentation.models import (FCN, PatchClassifier, PatchDiscriminator, TorchvisionUNet, UNet,  # noqa: F401
                          VAESegmenter, bilinear_kernel, conv_block)
 
 __all__ = [

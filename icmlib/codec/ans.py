@@ -410,7 +410,7 @@ class CompressAICoder:
     Python coder above instead of the C++ one (same bytes, much slower).
     """
 
-    name = "icmlib.ans"
+    name = "icmlib.codec.ans"
 
     def encode_with_indexes(self, *args, **kwargs) -> bytes:
         return encode_with_indexes(*args, **kwargs)
@@ -427,7 +427,7 @@ class CompressAICoder:
 
 class use_icmlib_ans:
     """Context manager: every CompressAI entropy model inside ``net`` codes with
-    ``icmlib.ans`` for the duration of the block."""
+    ``icmlib.codec.ans`` for the duration of the block."""
 
     def __init__(self, net):
         from compressai.entropy_models import EntropyModel

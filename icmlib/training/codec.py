@@ -19,12 +19,12 @@ Around it:
 * **data** — random ``preset.crop_size`` crops (and flips) from
   ``dataset_for(preset, "train", train=True)``; targets are cropped with the image, so
   the task loss sees the objects where they are in the crop.
-* **losses / weights** — ``icmlib.losses.loss_terms`` and a strategy from
-  ``icmlib.weighting``; every term and weight goes to ``train_log.csv`` every step.
+* **losses / weights** — ``icmlib.codec.losses.loss_terms`` and a strategy from
+  ``icmlib.training.weighting``; every term and weight goes to ``train_log.csv`` every step.
 * **validation** every ``preset.val_every`` steps (``icm_val_every`` for ICM codecs) on
   ``preset.train_val_images`` val images: bpp from the *real* rANS bytes (after
   ``update()``) next to the likelihood estimate, PSNR, and the task metric (COCO mAP / mIoU through
-  ``icmlib.tasks.evaluate_task`` on the decoded images) → ``val_log.csv``.
+  ``icmlib.tasks.networks.evaluate_task`` on the decoded images) → ``val_log.csv``.
 * **checkpoints** every ``preset.checkpoint_every`` steps, written atomically, holding
   the model, both optimizers, the schedulers, the AMP scaler, the weighting strategy's
   state, the step and every random state (torch, CUDA, numpy, python, the dataset's crop
@@ -64,12 +64,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import losses
-from .cache import atomic_save, cache_dir, config_key, shown_path, train_or_load
-from .codec import (ICMCodec, at_rate, codec_checkpoint, decode_image, encode_image,
+from icmlib.codec import losses as losses
+from icmlib.cache import atomic_save, cache_dir, config_key, shown_path, train_or_load
+from icmlib.codec.model import (ICMCodec, at_rate, codec_checkpoint, decode_image, encode_image,
                     load_codec, quantized_image, run_codec, save_codec)
-from .presets import Preset, get_preset
-from .weighting import STRATEGIES, WeightingStrategy, make_strategy, rate_at
+from icmlib.presets import Preset, get_preset
+from icmlib.training.weighting import STRATEGIES, WeightingStrategy, make_strategy, rate_at
 
 #: Bump when the training procedure changes, so cached codecs are retrained.
 TRAIN_VERSION = "1"
@@ -209,7 +209,7 @@ def _rng_state(dataset) -> Dict[str, Any]:
              "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    # the dataset draws its crops from its own numpy Generator (icmlib.data.CocoDataset)
+    # the dataset draws its crops from its own numpy Generator (icmlib.data.world.CocoDataset)
     rng = getattr(dataset, "_rng", None)
     if rng is not None:
         state["dataset"] = {"bit_generator": rng.bit_generator.state,
@@ -312,7 +312,7 @@ class _Batches:
                              f"{batch_size} on {world} process(es); lower batch_size or add images")
 
     def from_step(self, step: int):
-        from .data import collate, stack_images
+        from icmlib.data.world import collate, stack_images
 
         while True:
             epoch, offset = divmod(step, self.per_epoch)
@@ -348,11 +348,11 @@ def validate_codec(net: ICMCodec, dataset, num_images: int, frozen_task=None,
     Returns ``bpp`` (from the real rANS bytes of both streams), ``bpp_estimate`` (the
     likelihood estimate of the rounded latents, for comparison), ``psnr`` (of the
     decoded image rounded to 8 bits) and, with a task, ``task_<metric>`` from
-    ``icmlib.tasks.evaluate_task`` on the decoded images (``task_score`` is the task's
+    ``icmlib.tasks.networks.evaluate_task`` on the decoded images (``task_score`` is the task's
     headline number: bbox mAP, segm mAP or mIoU). The caller must have run
     ``net.update()``.
     """
-    from .metrics import psnr
+    from icmlib.metrics import psnr
 
     was_training = net.training
     net.eval()
@@ -372,7 +372,7 @@ def validate_codec(net: ICMCodec, dataset, num_images: int, frozen_task=None,
     out = {"bpp": bits / pixels, "bpp_estimate": est_bits / pixels,
            "psnr": float(np.mean(psnrs))}
     if frozen_task is not None:
-        from .tasks import evaluate_task
+        from icmlib.tasks.networks import evaluate_task
 
         metrics = evaluate_task(frozen_task, task, dataset, images=decoded, max_images=n)
         out.update({f"task_{k}": float(v) for k, v in metrics.items()})
@@ -513,15 +513,15 @@ def train_codec(preset: Union[Preset, str, None] = None, task: Optional[str] = N
                 resume: bool = False, progress: bool = True, init_from=None,
                 seed: Optional[int] = None, command: Optional[str] = None,
                 on_step: Optional[Callable[[int, Dict[str, float]], None]] = None) -> Dict[str, Any]:
-    """Train one codec; return its checkpoint dict (``icmlib.codec`` format) plus logs.
+    """Train one codec; return its checkpoint dict (``icmlib.codec.model`` format) plus logs.
 
     Args:
         preset: a ``Preset`` or its name (default ``$ICM_PRESET``).
         task: ``None`` for the MSE codec, else ``"detection"``, ``"instance"`` or
-            ``"semantic"``: the frozen task network (``icmlib.tasks.task_network``) whose
+            ``"semantic"``: the frozen task network (``icmlib.tasks.networks.task_network``) whose
             loss enters eq. 3.
         strategy: ``"mse"`` (baseline, no task), ``"fixed"``, ``"dynamic"`` or ``"auto"``
-            (see ``icmlib.weighting``).
+            (see ``icmlib.training.weighting``).
         rate_index: index into ``preset.rd_lambdas``, or λ itself as a float.
         steps: training steps (default ``preset.codec_steps`` for MSE,
             ``preset.icm_steps`` with a task).
@@ -538,7 +538,7 @@ def train_codec(preset: Union[Preset, str, None] = None, task: Optional[str] = N
             logged values); an exception raised there stops the run like a kill would.
 
     Returns ``codec_checkpoint(net, **meta)`` with ``"logs": {"train": [...], "val":
-    [...]}`` and ``"run_dir"`` added; ``icmlib.codec.load_codec`` reads it.
+    [...]}`` and ``"run_dir"`` added; ``icmlib.codec.model.load_codec`` reads it.
     Raises :class:`TrainingDiverged` on NaN/inf.
     """
     preset = get_preset(preset)
@@ -554,7 +554,7 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     if task is not None:
-        from .tasks import TASKS
+        from icmlib.tasks.networks import TASKS
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose one of {TASKS} (or none for the "
                              f"MSE codec)")
@@ -599,7 +599,7 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
     net.train()  # under autocast its entropy models still run in float32 (ICMCodec.forward)
     frozen = None
     if task is not None:
-        from .tasks import FrozenTask, task_network
+        from icmlib.tasks.networks import FrozenTask, task_network
         frozen = FrozenTask(task_network(task, preset, progress=progress and is_main), task).to(device)
     main_opt, aux_opt = configure_optimizers(net, preset)
     milestones = _milestone(preset, steps)
@@ -608,7 +608,7 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     weighting: WeightingStrategy = make_strategy(strategy, lmbda, steps, task is not None, preset)
 
-    from .data import dataset_for
+    from icmlib.data.world import dataset_for
     crop, batch_size = preset.crop_size, preset.batch_size
     if task is not None:  # whole images for the toy task networks (see icm_crop_size)
         crop, batch_size = preset.icm_crop_size or crop, preset.icm_batch_size or batch_size
@@ -883,7 +883,7 @@ def codec_config(preset: Union[Preset, str, None] = None, task: Optional[str] = 
 
 
 def _codec_config(preset: Preset, task, strategy, rate_index, steps) -> Dict[str, Any]:
-    from .data import world_config
+    from icmlib.data.world import world_config
 
     rate_index, lmbda = resolve_rate(preset, rate_index)
     parent = codec_parent(preset, task, lmbda if rate_index is None else rate_index)
@@ -892,7 +892,7 @@ def _codec_config(preset: Preset, task, strategy, rate_index, steps) -> Dict[str
     cfg = _run_config(preset, task, strategy, rate_index, lmbda, steps, preset.train_seed, init,
                       _world_size())
     if task is not None:
-        from .tasks import task_config
+        from icmlib.tasks.networks import task_config
         cfg["task_network"] = task_config(task, preset)
     if preset.dataset == "synthetic":
         cfg["world_train"] = world_config(preset, "train")
@@ -928,7 +928,7 @@ def _codec_run(preset: Preset, task, strategy, rate_index, progress, force, step
             init = {k: init[k] for k in ("format", "config", "state_dict", "meta")}
         return train_codec(preset, task, strategy, rate_index, steps=cfg["steps"],
                            out_dir=run_dir, resume=not force, progress=progress, init_from=init,
-                           command=f"icmlib.train.codec_for(preset={preset.name!r}, task={task!r}, "
+                           command=f"icmlib.training.codec.codec_for(preset={preset.name!r}, task={task!r}, "
                                    f"strategy={strategy!r}, rate_index={rate_index!r})")
 
     return train_or_load("codec", cfg, train, force=force, verbose=progress)
@@ -948,7 +948,7 @@ def codec_for(preset: Union[Preset, str, None] = None, task: Optional[str] = Non
     ``task=None, strategy="mse"`` is the human-vision baseline; with a task, ``"fixed"``,
     ``"dynamic"`` or ``"auto"`` gives an ICM codec. ``net.meta`` says how it was made and
     ``net.logs`` holds its training and validation logs. On a ``variable_rate`` preset it
-    is the variable-rate codec's view at ``rate_index`` (:class:`icmlib.codec.AtRate`),
+    is the variable-rate codec's view at ``rate_index`` (:class:`icmlib.codec.model.AtRate`),
     which codes like a one-rate codec.
     """
     ckpt = codec_run(preset, task, strategy, rate_index, progress=progress, force=force)

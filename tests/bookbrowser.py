@@ -1,6 +1,6 @@
 """Look at a built page in a real browser (headless Chromium) with the network off.
 
-:mod:`icmlib.bookcheck` reads the HTML; some things only a browser knows: whether
+:mod:`bookcheck` reads the HTML; some things only a browser knows: whether
 MathJax really typeset the equations (or left raw TeX), whether every image loaded,
 whether anything sticks out sideways, and what the page fetched while it opened. This
 module opens a page in Chromium with every host name unresolvable and a dead proxy (the

@@ -9,7 +9,7 @@ logs of the reproduction's own training runs (real bytes on validation images, e
 * one **ICM codec** (detection, the paper's dynamic weighting): bpp and the detector's
   mAP on the decoded validation images against steps, at every rate point.
 
-``python -m icmlib.convergence --preset cpu`` trains what is missing (train-or-load, the
+``python -m icmlib.evaluation.convergence --preset cpu`` trains what is missing (train-or-load, the
 same recipe and cache as the book) and writes ``data/results/<preset>/convergence.json``
 (with command, commit and hardware), ``convergence.md`` and ``convergence.png``.
 """
@@ -29,7 +29,7 @@ STUDY_TASK, STUDY_STRATEGY = "detection", "dynamic"
 
 def study_runs(preset: Preset, progress: bool = True) -> Dict[str, Dict[str, Any]]:
     """The checkpoint dicts (with logs) of the runs the study reads, trained if missing."""
-    from icmlib.train import codec_run
+    from icmlib.training.codec import codec_run
 
     base = preset.replace(variable_rate=False)
     runs = {"MSE base (one rate, from scratch)":
@@ -114,13 +114,13 @@ def write_convergence(preset: Union[Preset, str, None] = None,
     """Run (or load) the study's runs and write ``convergence.{json,md,png}`` into ``out``."""
     from matplotlib.figure import Figure
 
-    from icmlib.results import cpu_model, git_commit
+    from icmlib.evaluation.results import cpu_model, git_commit
 
     preset = get_preset(preset)
     out = Path(out) if out is not None else Path("data") / "results" / preset.name
     out.mkdir(parents=True, exist_ok=True)
     rows = convergence_rows(study_runs(preset, progress))
-    provenance = {"command": command or f"python -m icmlib.convergence --preset {preset.name}",
+    provenance = {"command": command or f"python -m icmlib.evaluation.convergence --preset {preset.name}",
                   "commit": git_commit(), "hardware": cpu_model(), "preset": preset.name}
     files = {"json": out / "convergence.json", "md": out / "convergence.md",
              "png": out / "convergence.png"}
@@ -135,7 +135,7 @@ def write_convergence(preset: Union[Preset, str, None] = None,
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m icmlib.convergence",
+        prog="python -m icmlib.evaluation.convergence",
         description="The convergence study: bpp, PSNR and task mAP against training steps "
                     "for the reproduction's MSE and ICM codecs (trains what is missing).")
     parser.add_argument("--preset", default=None, help="ci, cpu or gpu (default: $ICM_PRESET)")

@@ -9,7 +9,7 @@ site's ``_static/mathjax/`` at build time. ``_config.yml`` points Sphinx's
 ``mathjax_path`` at the copy and loads this extension::
 
     sphinx:
-      extra_extensions: [icmlib.bookassets]
+      extra_extensions: [icmlib.book.assets]
       config:
         mathjax_path: mathjax/tex-mml-chtml.js
 

@@ -33,9 +33,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cache import train_or_load
-from .presets import Preset, get_preset
-from .segmentation import (FCN, JointAugment, PatchClassifier, PatchDiscriminator, TorchvisionUNet,
+from icmlib.cache import train_or_load
+from icmlib.presets import Preset, get_preset
+from icmlib.segmentation.layers import (FCN, JointAugment, PatchClassifier, PatchDiscriminator, TorchvisionUNet,
                            UNet, VAESegmenter, dice_loss, resize_pair, segmentation_metrics)
 
 SEG_VERSION = "1"          # bump when training code changes results (invalidates caches)
@@ -65,7 +65,7 @@ def dataset_to_tensors(dataset, size: int, max_images: Optional[int] = None) -> 
         image, target = dataset[i]
         if "semantic" not in target:
             raise SegmentationError("dataset targets need a 'semantic' mask (Int64 [H, W]); "
-                                    "use icmlib.data.CocoDataset")
+                                    "use icmlib.data.world.CocoDataset")
         image, mask = resize_pair(image, target["semantic"].long(), size)
         images.append(image)
         masks.append(mask)
@@ -74,7 +74,7 @@ def dataset_to_tensors(dataset, size: int, max_images: Optional[int] = None) -> 
 
 @functools.lru_cache(maxsize=8)
 def _cached_data(preset: Preset, split: str) -> Tuple[Tensors, int]:
-    from .data import dataset_for
+    from icmlib.data.world import dataset_for
 
     ds = dataset_for(preset, split, train=False)
     limit = preset.train_images if split == "train" else preset.seg_eval_images
@@ -111,7 +111,7 @@ def _cpu_state(model: nn.Module) -> dict:
 def _world_config(preset: Preset) -> dict:
     """The data a segmenter learns from, for its cache key (with the world generator's
     version: a changed generator makes other images, so cached segmenters must retrain)."""
-    from . import data
+    from icmlib.data import world as data
 
     return {"dataset": preset.dataset, "world_version": data.WORLD_VERSION,
             "image_size": preset.image_size,
@@ -907,7 +907,7 @@ def imagenet_backbone(name: str = "resnet18", pretrained: bool = True) -> nn.Mod
     ``mobilenet_v3_large``. Weights are cached under ``torch.hub.get_dir()``; offline and
     not cached, a :class:`BackboneDownloadError` names the URL it would download. Wrap it
     with :func:`imagenet_segmenter` (or :class:`TorchvisionUNet`) to segment, and
-    normalise images with :func:`icmlib.segmentation.normalize`.
+    normalise images with :func:`icmlib.segmentation.layers.normalize`.
     """
     import os
     import torchvision
@@ -929,7 +929,7 @@ def imagenet_backbone(name: str = "resnet18", pretrained: bool = True) -> nn.Mod
             f"They would be downloaded from {weights.url}\n"
             f"to {target}. Connect to the internet (e.g. run on Colab) or copy that file "
             f"there by hand; offline, use pretrained=False or the book's own pretraining "
-            f"(icmlib.seg_train.pretrain_backbone).\n(cause: {err})") from err
+            f"(icmlib.segmentation.train.pretrain_backbone).\n(cause: {err})") from err
 
 
 def imagenet_segmenter(name: str, num_classes: int, pretrained: bool = True,

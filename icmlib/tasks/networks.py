@@ -44,8 +44,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cache import checkpoint_path, train_or_load
-from .presets import Preset, get_preset
+from icmlib.cache import checkpoint_path, train_or_load
+from icmlib.presets import Preset, get_preset
 
 __all__ = [
     "TASKS", "PRIMARY_METRIC", "TASKS_VERSION", "PretrainedWeightsUnavailable",
@@ -193,7 +193,7 @@ def _small_detector(task: str, preset: Preset, num_classes: int) -> nn.Module:
 
 
 def _semantic_network(preset: Preset, num_classes: int) -> nn.Module:
-    from .segmentation import UNet
+    from icmlib.segmentation.layers import UNet
 
     return UNet(in_channels=3, num_classes=num_classes, width=preset.task_unet_width,
                 depth=preset.task_unet_depth, skip=True)
@@ -214,7 +214,7 @@ def _pretrained_detector(task: str, preset: Preset) -> nn.Module:
     file = hub / os.path.basename(urlparse(weights.url).path)
     kwargs = dict(weights=weights, min_size=preset.task_image_size)
     if not file.exists():
-        from .data import hub_checkpoint
+        from icmlib.data.world import hub_checkpoint
 
         try:  # with a timeout of its own: socket's process-wide default is left alone
             hub_checkpoint(weights.url)
@@ -237,11 +237,11 @@ def build_task_network(task: str, preset: Union[Preset, str, None] = None,
     """A fresh task network for ``task`` on ``preset`` (see the module docstring).
 
     * ``detection``: torchvision ``FasterRCNN``; ``instance``: torchvision ``MaskRCNN``;
-      ``semantic``: :class:`icmlib.segmentation.UNet`.
+      ``semantic``: :class:`icmlib.segmentation.layers.UNet`.
     * ``preset.task_pretrained`` (gpu): the COCO-pretrained ResNet-50-FPN detectors
       (downloaded into torch's hub cache; a clear :class:`PretrainedWeightsUnavailable`
       offline). Otherwise: untrained small networks, ``num_classes`` defaulting to the
-      synthetic world's ``icmlib.data.NUM_CLASSES``.
+      synthetic world's ``icmlib.data.world.NUM_CLASSES``.
 
     Labels are COCO category ids (background 0), so predictions go straight to COCO eval.
     """
@@ -259,7 +259,7 @@ def build_task_network(task: str, preset: Union[Preset, str, None] = None,
 def _num_classes(preset: Preset) -> int:
     if preset.dataset == "coco":
         return 91  # COCO category ids go up to 90; torchvision's COCO models use 91 outputs
-    from .data import NUM_CLASSES
+    from icmlib.data.world import NUM_CLASSES
 
     return NUM_CLASSES
 
@@ -446,7 +446,7 @@ def _keeps_training_flags(model: nn.Module):
 def evaluate_task(model: nn.Module, task: str, dataset, images=None, *,
                   batch_size: int = 8, max_images: Optional[int] = None,
                   progress: bool = False) -> Dict[str, float]:
-    """Accuracy of ``model`` on ``dataset`` (a :class:`icmlib.data.CocoDataset`).
+    """Accuracy of ``model`` on ``dataset`` (a :class:`icmlib.data.world.CocoDataset`).
 
     ``images`` (optional) replaces the dataset's images -- a list of [3, H, W] tensors or
     a [N, 3, H, W] tensor aligned with the dataset's order -- so the same ground truth
@@ -462,7 +462,7 @@ def evaluate_task(model: nn.Module, task: str, dataset, images=None, *,
 
 
 def _evaluate_task(model, task, dataset, images, batch_size, max_images, progress):
-    from .metrics import coco_map, predictions_to_coco
+    from icmlib.metrics import coco_map, predictions_to_coco
 
     frozen = model if isinstance(model, FrozenTask) else FrozenTask(model, task)
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
@@ -489,7 +489,7 @@ def _evaluate_task(model, task, dataset, images, batch_size, max_images, progres
                                  f"original size")
         preds = frozen.predict(imgs)
         if task == "semantic":
-            from .segmentation import confusion_matrix
+            from icmlib.segmentation.layers import confusion_matrix
 
             k = int(getattr(frozen.model, "num_classes", num_classes or 0))
             for p, (_, t) in zip(preds, batch):
@@ -545,7 +545,7 @@ def _instance_init(preset: Preset) -> str:
 def task_config(task: str, preset: Union[Preset, str, None] = None,
                 steps: Optional[int] = None, seed: int = 0) -> Dict[str, Any]:
     """Everything that determines a trained task network: its train-or-load key."""
-    from .data import world_config
+    from icmlib.data.world import world_config
 
     task = _check_task(task)
     preset = get_preset(preset)
@@ -584,7 +584,7 @@ def _train_world_preset(preset: Preset) -> Preset:
 
 
 def _train_dataset(preset: Preset):
-    from .data import CocoDataset, dataset_for
+    from icmlib.data.world import CocoDataset, dataset_for
 
     ds = dataset_for(_train_world_preset(preset), "train", train=True)
     # whole images with random flips: the detector sees the scale it will be tested at
@@ -622,7 +622,7 @@ def train_task(task: str, preset: Union[Preset, str, None] = None, progress: boo
     validation score every ``eval_every`` steps (default ``preset.val_every``; 0: only
     at the end) -- the learning curve.
     """
-    from .data import collate, dataset_for
+    from icmlib.data.world import collate, dataset_for
 
     task = _check_task(task)
     preset = get_preset(preset)

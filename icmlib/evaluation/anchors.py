@@ -13,7 +13,7 @@ learned one — is a ``Codec``::
 [0, 1]. Rates are measured from the real bytes: ``bpp(data, width, height)``.
 ``available_anchors()`` returns the codecs that can run here and says why the others cannot.
 
-What the bytes contain (``codec.rate_parts(data)`` splits them, :mod:`icmlib.overheads`; the
+What the bytes contain (``codec.rate_parts(data)`` splits them, :mod:`icmlib.evaluation.overheads`; the
 evaluation's ``bpp`` counts the coded part, ``bpp_file`` the whole file):
 
 * **Pillow codecs** — the complete file as Pillow writes it: a JFIF JPEG (optimized Huffman
@@ -24,7 +24,7 @@ evaluation's ``bpp`` counts the coded part, ``bpp_file`` the whole file):
   raw elementary stream: HEVC Annex-B NAL units (``-f hevc``: VPS/SPS/PPS + one IDR slice, the
   x265 info SEI switched off), AV1 low-overhead OBUs (``-f obu``: temporal delimiter, sequence
   header, frame; no IVF/MP4 container), VVC Annex-B NAL units.
-* **Learned codecs** — the ``.icm`` file of ``icmlib.bitstream`` (36 bytes of header and
+* **Learned codecs** — the ``.icm`` file of ``icmlib.codec.bitstream`` (36 bytes of header and
   CRC around the two rANS streams), or a minimal 18-byte header (see ``LearnedCodec``); the
   coded part is the streams plus 8 bytes of side information (image size, stream lengths).
 
@@ -48,6 +48,7 @@ takes ``qualities=`` to override the settings.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 import io
 import os
 import shutil
@@ -60,7 +61,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 import numpy as np
 from PIL import Image, features
 
-from icmlib import overheads
+from icmlib.evaluation import overheads
 
 __all__ = [
     "AnchorUnavailable", "Codec", "PillowCodec", "JPEG", "WebP", "AVIF", "JPEG2000",
@@ -125,7 +126,7 @@ class Codec:
     qualities: Tuple = ()
     #: what a setting means, for tables and plots ("quality", "QP", "target bpp", ...)
     quality_label: str = "quality"
-    #: the format of the bytes ``encode`` returns, as ``icmlib.overheads.FORMATS`` names it
+    #: the format of the bytes ``encode`` returns, as ``icmlib.evaluation.overheads.FORMATS`` names it
     #: (``None``: unknown, all of them counted as coded)
     rate_format: Optional[str] = None
 
@@ -147,7 +148,7 @@ class Codec:
 
     def rate_parts(self, data: bytes) -> Dict[str, int]:
         """How ``data`` (this codec's output) splits into the coded stream a decoder needs
-        and the overheads around it (:mod:`icmlib.overheads`: ``coded``, ``headers``,
+        and the overheads around it (:mod:`icmlib.evaluation.overheads`: ``coded``, ``headers``,
         ``container``, ``metadata``, ``size_prefix``), parsed as its ``rate_format``."""
         return overheads.split(self.rate_format, data)
 
@@ -502,8 +503,7 @@ class AV1(FFmpegCodec):
 
 #: Where ``make vvc`` installs VVenC/VVdeC (``<repository>/tools/vvc/bin``); ``$ICM_VVC_TOOLS``
 #: overrides the folder (its ``bin/`` or the folder itself holds vvencapp and vvdecapp).
-VVC_TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                         "tools", "vvc")
+VVC_TOOLS = str(Path(__file__).resolve().parents[2] / "tools" / "vvc")
 
 _VVC_HINT = ("build VVenC and VVdeC with `make vvc` (offline: `make vvc VVC_SRC=<folder with "
              "vvenc-1.14.0.tar.gz and vvdec-3.2.0.tar.gz>`; they go to tools/vvc/bin, found "
@@ -795,7 +795,7 @@ class LearnedCodec(Codec):
             rate), or a mapping ``{setting: model}``; a value may also be a zero-argument
             callable that returns the model, loaded on first use (e.g. zoo weights).
         name: the codec's name in tables and plots.
-        container: ``"icm"`` (default): the project's ``.icm`` file (``icmlib.bitstream``:
+        container: ``"icm"`` (default): the project's ``.icm`` file (``icmlib.codec.bitstream``:
             magic, version, model fingerprint, sizes, stream lengths, CRC-32 — 36 bytes for
             a hyperprior's two streams); the decoder picks the model whose fingerprint the
             file names. ``"raw"``: the streams with a minimal header (``pack_strings``:
@@ -805,10 +805,10 @@ class LearnedCodec(Codec):
             the evaluation's ``bpp_file`` counts; its ``bpp`` counts the streams plus 8 bytes
             of side information (``rate_parts``).
 
-    Encoding runs ``icmlib.codec.encode_image`` (pad to the stride, ``net.compress``).
+    Encoding runs ``icmlib.codec.model.encode_image`` (pad to the stride, ``net.compress``).
     Decoding runs CompressAI's fast rANS decoder, which trusts its input: ``decode`` is
     for bytes this codec encoded (as in evaluation); decode a file from elsewhere with
-    ``icmlib.bitstream.decompress_file``, which checks every read.
+    ``icmlib.codec.bitstream.decompress_file``, which checks every read.
     """
 
     quality_label = "model"
@@ -867,7 +867,7 @@ class LearnedCodec(Codec):
         return self._loaded[index]
 
     def _fingerprint_at(self, index: int) -> bytes:
-        from icmlib.codec import fingerprint
+        from icmlib.codec.model import fingerprint
         if index not in self._fingerprints:
             self._fingerprints[index] = fingerprint(self._model_at(index))
         return self._fingerprints[index]
@@ -879,14 +879,14 @@ class LearnedCodec(Codec):
         x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div(255)
         x = x.unsqueeze(0).to(self.device)
         if self.container == "icm":
-            from icmlib import bitstream
+            from icmlib.codec import bitstream
             f = bitstream.compress_image(net, x)
             try:
                 return bitstream.pack(f)
             except bitstream.BitstreamError as err:
                 raise ValueError(f"{self.name}: the .icm container cannot describe this "
                                  f"model's output ({err}); use container='raw'") from None
-        from icmlib.codec import encode_image
+        from icmlib.codec.model import encode_image
         enc = encode_image(net, x)
         return pack_strings(index, enc["size"], enc["shape"], enc["strings"])
 
@@ -895,7 +895,7 @@ class LearnedCodec(Codec):
         per stream: ``overheads.learned_side_bytes``) are coded; the rest of the ``.icm``
         (or raw) header is container."""
         if self.container == "icm":
-            from icmlib import bitstream
+            from icmlib.codec import bitstream
             streams = bitstream.unpack(data).streams
         else:
             streams = unpack_strings(data)[3]
@@ -903,7 +903,7 @@ class LearnedCodec(Codec):
 
     def _decode(self, data: bytes) -> Image.Image:
         if self.container == "icm":
-            from icmlib import bitstream
+            from icmlib.codec import bitstream
             f = bitstream.unpack(data)
             # the model the file names: those already loaded first, then the others
             order = sorted(range(len(self.qualities)), key=lambda i: i not in self._loaded)
@@ -915,7 +915,7 @@ class LearnedCodec(Codec):
             raise bitstream.BitstreamError(
                 f"{self.name}: this file was written by model {f.fingerprint.hex()}, which is "
                 f"none of this codec's {len(self.qualities)} model(s)")
-        from icmlib.codec import decode_image
+        from icmlib.codec.model import decode_image
         index, size, shape, strings = unpack_strings(data)
         if index >= len(self.qualities):
             raise ValueError(f"{self.name}: bitstream names setting #{index}, but this codec has "
@@ -959,7 +959,7 @@ def compressai_zoo(name: str, quality: int, metric: str = "mse", offline: Option
             f"CompressAI weights for {name} (quality {quality}, {metric}) are not cached and "
             f"downloads are off: it would download {url} to {cached}")
     if not os.path.isfile(cached):
-        from icmlib.data import hub_checkpoint
+        from icmlib.data.world import hub_checkpoint
 
         try:  # with a timeout of its own: socket's process-wide default is left alone
             hub_checkpoint(url)
@@ -986,7 +986,7 @@ class _ZooLoader:
         cached = _zoo_cache_file(self.url)
         if os.path.isfile(cached):
             return True, cached
-        return False, (f"weights not cached: run icmlib.anchors.compressai_zoo({self.name!r}, "
+        return False, (f"weights not cached: run icmlib.evaluation.anchors.compressai_zoo({self.name!r}, "
                        f"{self.quality}) with network access once (downloads {self.url})")
 
     def __call__(self):

@@ -3,31 +3,31 @@
 One call trains (or loads) everything and measures it:
 
 1. **task networks** — Faster R-CNN (detection) and Mask R-CNN (instance segmentation),
-   through ``icmlib.tasks.task_network`` (train-or-load; COCO-pretrained on ``gpu``);
+   through ``icmlib.tasks.networks.task_network`` (train-or-load; COCO-pretrained on ``gpu``);
 2. **codecs** at every rate point λ of ``preset.rd_lambdas`` (shipped, or trained):
 
    * the **MSE baseline** (the human-vision codec: same network, ``w_task = 0``);
    * **ICM** codecs for each task and each weighting strategy of
      ``preset.repro_strategies`` (fixed weights, the paper's dynamic strategy, auto);
 
-3. **anchors** — every traditional codec of :mod:`icmlib.anchors` that can run here
+3. **anchors** — every traditional codec of :mod:`icmlib.evaluation.anchors` that can run here
    (a missing tool is skipped with its install hint);
 4. **evaluation** of every codec on the same validation images
-   (:func:`icmlib.evaluate.evaluate_codec`: bpp from real bytes, PSNR, MS-SSIM, COCO mAP),
+   (:func:`icmlib.evaluation.evaluate.evaluate_codec`: bpp from real bytes, PSNR, MS-SSIM, COCO mAP),
    and of the uncompressed originals;
 
 and writes, under ``--out`` (default ``data/results/<preset>/``):
 
 ==========================  ===============================================================
 ``results.json``            everything measured, with command, commit, hardware, date
-                            (schema in :mod:`icmlib.results`)
+                            (schema in :mod:`icmlib.evaluation.results`)
 ``rd_detection.png``        detection mAP against bpp, uncompressed as a horizontal line
 ``rd_instance.png``         instance-segmentation mask mAP against bpp
 ``rd_psnr.png``             PSNR against bpp
 ``weighting_<task>.png``    the loss-weighting comparison (accuracy and rate over training,
                             weights, final RD points per strategy)
 ``bd_rate.md``, ``.csv``    the BD-rate table in the paper's form, on coded bits (the rule
-                            of :mod:`icmlib.overheads`, the same for every codec)
+                            of :mod:`icmlib.evaluation.overheads`, the same for every codec)
 ``bd_rate_file.md``, ``.csv``  the same table on whole files (``.icm``, JFIF, HEIF, ...)
 ``summary.md``              headline numbers, better-than-uncompressed points, timings
 ==========================  ===============================================================
@@ -35,10 +35,10 @@ and writes, under ``--out`` (default ``data/results/<preset>/``):
 Budget: how the codecs are trained
 ----------------------------------
 Training is decoupled from reading: the reproduction's task networks and codecs are
-trained once, to where the convergence study (:mod:`icmlib.convergence`) says they stop
+trained once, to where the convergence study (:mod:`icmlib.evaluation.convergence`) says they stop
 improving, and **shipped** with the package (:mod:`icmlib.shipped`, sha256-verified). A
 run of ``icm reproduce`` loads them and only evaluates; ``--retrain`` trains everything
-again with the same recipe. The recipe (:func:`icmlib.train.codec_parent`) **fine-tunes**:
+again with the same recipe. The recipe (:func:`icmlib.training.codec.codec_parent`) **fine-tunes**:
 
 * the MSE codec at rate point ``preset.codec_base_rate`` is trained from scratch for
   ``codec_steps`` steps;
@@ -123,7 +123,7 @@ def train_codecs(preset: Union[Preset, str, None] = None, tasks: Sequence[str] =
 
 def _by_rate(preset: Preset, task, strategy, progress) -> Dict[int, Dict[str, Any]]:
     """``{rate index: checkpoint dict}``; a variable-rate codec is one checkpoint for all."""
-    from icmlib.train import codec_run
+    from icmlib.training.codec import codec_run
 
     rates = range(len(preset.rd_lambdas))
     if preset.variable_rate:
@@ -156,7 +156,7 @@ def _downsample(rows: List[Dict[str, float]], keep: int = 200) -> List[Dict[str,
 def training_logs(codecs: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, Any]]:
     """Per ICM run: its validation log (bpp, PSNR, task score over steps) and a thinned
     training log (loss terms and weights over steps), for the weighting comparison."""
-    from icmlib.train import logs_at_rate
+    from icmlib.training.codec import logs_at_rate
 
     keep_train = ("step", "loss", "rate", "mse", "task", "w_rate", "w_mse", "w_task", "psnr")
     runs = []
@@ -189,7 +189,7 @@ def spread(settings: Sequence[Any], n: int) -> List[Any]:
 
 def anchors_for(preset: Preset) -> Tuple[list, Dict[str, str]]:
     """The anchors the preset asks for that can run here, and why the others cannot."""
-    from icmlib.anchors import ANCHORS, make_anchor
+    from icmlib.evaluation.anchors import ANCHORS, make_anchor
 
     names = list(preset.repro_anchors) or list(ANCHORS)
     available, skipped = [], {}
@@ -266,19 +266,19 @@ def retrain_estimate() -> str:
 def _reproduce(preset, out, progress, command, force_evaluation) -> Dict[str, Any]:
     import torch
 
-    from icmlib.anchors import AnchorUnavailable
-    from icmlib.codec import fingerprint
-    from icmlib.train import codec_at_rate
-    from icmlib.data import dataset_for
-    from icmlib.evaluate import (cached_evaluation, dataset_info, evaluate_codec,
+    from icmlib.evaluation.anchors import AnchorUnavailable
+    from icmlib.codec.model import fingerprint
+    from icmlib.training.codec import codec_at_rate
+    from icmlib.data.world import dataset_for
+    from icmlib.evaluation.evaluate import (cached_evaluation, dataset_info, evaluate_codec,
                                  evaluation_key, learned_codec, reference_accuracy, subset,
                                  task_networks)
-    from icmlib.results import new_results, save_results
+    from icmlib.evaluation.results import new_results, save_results
 
     preset = get_preset(preset)
     out = Path(out) if out is not None else Path("data") / "results" / preset.name
     out.mkdir(parents=True, exist_ok=True)
-    command = command or f"icmlib.reproduce.reproduce({preset.name!r}, out={str(out)!r})"
+    command = command or f"icmlib.evaluation.reproduce.reproduce({preset.name!r}, out={str(out)!r})"
     timings: Dict[str, float] = {}
     t_start = time.time()
     torch.set_num_threads(min(torch.get_num_threads(), 2) if preset.device == "cpu"
@@ -366,9 +366,9 @@ def _reproduce(preset, out, progress, command, force_evaluation) -> Dict[str, An
 
 # ---- where the bits go ------------------------------------------------------------------------
 def add_object_bit_shares(entry: Dict[str, Any], nets: Dict[Any, Any], dataset) -> None:
-    """Add ``object_bit_share`` and ``object_area_share`` (:mod:`icmlib.bitmaps`) to each
+    """Add ``object_bit_share`` and ``object_area_share`` (:mod:`icmlib.evaluation.bitmaps`) to each
     point of a learned codec's entry, measured on the same images as the rest."""
-    from icmlib.bitmaps import object_bit_share
+    from icmlib.evaluation.bitmaps import object_bit_share
 
     for point in entry["points"]:
         point.update(object_bit_share(nets[point["setting"]], dataset))
@@ -380,7 +380,7 @@ def write_bit_maps(learned: Dict[str, Dict[int, Any]], dataset, path: Path,
     on the same test images, at one rate point."""
     from matplotlib.figure import Figure
 
-    from icmlib.bitmaps import plot_bit_maps
+    from icmlib.evaluation.bitmaps import plot_bit_maps
 
     chosen = {name: by_rate[rate_index] for name, by_rate in learned.items()
               if rate_index in by_rate and (name == mse_name() or "dynamic" in name)}
@@ -423,12 +423,12 @@ def paper_table(results: Dict[str, Any], as_text: bool = True, method: str = "pc
     """The BD-rate table in the paper's form: rows = (task, codec) — the ICM codecs and
     the MSE baseline of each task — columns = anchors (traditional codecs and the MSE
     baseline); detection on bbox mAP, instance segmentation on mask (segm) mAP.
-    ``rate``: ``"bpp"``, the coded bits (the rule, :mod:`icmlib.overheads`), or
+    ``rate``: ``"bpp"``, the coded bits (the rule, :mod:`icmlib.evaluation.overheads`), or
     ``"bpp_file"``, whole files."""
     import pandas as pd
 
-    from icmlib.evaluate import bd_rate_table
-    from icmlib.results import TASK_METRIC
+    from icmlib.evaluation.evaluate import bd_rate_table
+    from icmlib.evaluation.results import TASK_METRIC
 
     codecs = results["codecs"]
     anchors = [c["name"] for c in codecs if c["kind"] == "anchor"] + \
@@ -457,8 +457,8 @@ def bd_details(results: Dict[str, Any], method: str = "pchip",
                rate: str = "bpp") -> List[Dict[str, Any]]:
     """Every (test, anchor) pair of :func:`paper_table` with its number or its full error
     message and warnings (dropped non-monotonic points...), for the results file."""
-    from icmlib.evaluate import bd_rate_details
-    from icmlib.results import TASK_METRIC
+    from icmlib.evaluation.evaluate import bd_rate_details
+    from icmlib.evaluation.results import TASK_METRIC
 
     codecs = results["codecs"]
     anchors = [c["name"] for c in codecs if c["kind"] == "anchor" or c.get("group") == "mse"]
@@ -476,8 +476,8 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
     """Headline numbers: per task, the best ICM codec's BD-rate against the best
     traditional anchor and against the MSE baseline, and the points where decoded images
     beat the uncompressed originals."""
-    from icmlib.evaluate import better_than_reference, bd_rate_table
-    from icmlib.results import TASK_METRIC
+    from icmlib.evaluation.evaluate import better_than_reference, bd_rate_table
+    from icmlib.evaluation.results import TASK_METRIC
 
     codecs = results["codecs"]
     trad = [c["name"] for c in codecs if c["kind"] == "anchor"]
@@ -528,7 +528,7 @@ def equal_quality_rates(results: Dict[str, Any], test: str, anchors: Sequence[st
     barely changes with rate overlaps nothing): ``{"bpp", "quality", "anchors": {name:
     bpp or a reason}}``. The anchor's rate is interpolated linearly in log(bpp) between its
     two points around that quality (after dropping points below its running maximum)."""
-    from icmlib.results import find_codec
+    from icmlib.evaluation.results import find_codec
 
     top = max(find_codec(results, test)["points"], key=lambda p: p["bpp"])
     q = top.get(metric)
@@ -563,8 +563,8 @@ TIMING_LABELS = {
 
 def summary_markdown(results: Dict[str, Any]) -> str:
     """``summary.md``: provenance, headline BD-rates, better-than-uncompressed, timings."""
-    from icmlib.evaluate import dataframe_to_markdown
-    from icmlib.results import describe_device
+    from icmlib.evaluation.evaluate import dataframe_to_markdown
+    from icmlib.evaluation.results import describe_device
 
     s = results["extra"].get("summary") or summarize(results)
     lines = [f"# Reproduction: preset `{results['preset'].get('name')}`", "",
@@ -644,7 +644,7 @@ RATE_RULE_OLD = ("whole files (this results file predates the split of coded bit
 def overhead_lines(results: Dict[str, Any]) -> List[str]:
     """Summary lines: the BD-rate table on whole files, and what each codec's files carry
     beside the coded bits (mean bytes per image)."""
-    from icmlib.evaluate import dataframe_to_markdown, overhead_table
+    from icmlib.evaluation.evaluate import dataframe_to_markdown, overhead_table
 
     lines = ["### The same table on whole files", "",
              "Each codec's complete file (`.icm` container, JFIF, RIFF, HEIF boxes, the 4-byte "
@@ -662,7 +662,7 @@ def overhead_lines(results: Dict[str, Any]) -> List[str]:
 
 
 def _formatted(table):
-    """:func:`icmlib.evaluate.overhead_table` as text: bytes whole, bpp to 3 places, shares
+    """:func:`icmlib.evaluation.evaluate.overhead_table` as text: bytes whole, bpp to 3 places, shares
     in per cent."""
     text = table.astype(object)
     for col in table.columns:
@@ -701,9 +701,9 @@ def write_outputs(results: Dict[str, Any], out: Union[str, Path]) -> Dict[str, P
         fig = Figure(figsize=figsize)
         return fig, fig.subplots(1, ncols)
 
-    from icmlib import plots
-    from icmlib.evaluate import dataframe_to_markdown
-    from icmlib.results import TASK_METRIC
+    from icmlib.evaluation import plots
+    from icmlib.evaluation.evaluate import dataframe_to_markdown
+    from icmlib.evaluation.results import TASK_METRIC
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -759,7 +759,7 @@ def book_results(preset_name: str = "cpu", fallback: Union[Preset, str] = "ci",
     """
     import tempfile
 
-    from icmlib.results import describe_device, load_results
+    from icmlib.evaluation.results import describe_device, load_results
 
     path = find_results(preset_name)
     if path is not None:
@@ -771,7 +771,7 @@ def book_results(preset_name: str = "cpu", fallback: Union[Preset, str] = "ci",
     fallback = get_preset(fallback)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="icm-repro-"))
     results = reproduce(fallback, out, progress=progress,
-                        command=f"icmlib.reproduce.book_results(fallback={fallback.name!r})")
+                        command=f"icmlib.evaluation.reproduce.book_results(fallback={fallback.name!r})")
     source = (f"no data/results/{preset_name}/results.json here, so this is a LIVE run at the "
               f"`{fallback.name}` preset's scale (tiny: {results['dataset']['num_images']} "
               f"images, a few training steps) on {describe_device(results['device'])} — "
@@ -820,8 +820,8 @@ def illustration_pair(results: Dict[str, Any], metric: str = "psnr",
     Returns ``(anchor_name, anchor_points, test_name, test_points)``, points as
     ``[(bpp, quality), ...]``; the anchor is ``None`` when nothing overlaps at all.
     """
-    from icmlib.bdrate import overlap
-    from icmlib.results import curve, find_codec
+    from icmlib.evaluation.bdrate import overlap
+    from icmlib.evaluation.results import curve, find_codec
 
     def points(codec):
         return list(zip(*curve(codec, metric)))

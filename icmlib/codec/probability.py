@@ -24,7 +24,7 @@ from typing import Dict, Tuple
 import torch
 from compressai.entropy_models import EntropyBottleneck
 
-from icmlib.codec import encode_image, pad
+from icmlib.codec.model import encode_image, pad
 
 
 def _hyper_params(net, x: torch.Tensor):

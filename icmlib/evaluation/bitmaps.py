@@ -11,7 +11,7 @@ content spends roughly in proportion to detail everywhere; an ICM codec should s
 larger share inside the objects than the MSE codec at the same rate.
 
 The bits are the likelihood estimate, which the real rANS bytes match to about 1 %
-(:mod:`icmlib.probability`); a per-position split of the real bytes does not exist, since
+(:mod:`icmlib.codec.probability`); a per-position split of the real bytes does not exist, since
 rANS interleaves every symbol into one state.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from icmlib.codec import STRIDE, pad, padding_for
+from icmlib.codec.model import STRIDE, pad, padding_for
 
 #: pixels per latent position of the main stream (y is 1/16 of the image)
 LATENT_STRIDE = 16

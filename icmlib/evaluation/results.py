@@ -2,7 +2,7 @@
 
 Numbers in the book are either computed by the book's own build or loaded from a results
 file that says which command, commit and hardware produced them. This module defines that
-file, writes it and reads it back; ``icmlib.plots`` draws straight from it, so plotting
+file, writes it and reads it back; ``icmlib.evaluation.plots`` draws straight from it, so plotting
 never needs the evaluation to run again.
 
 Schema (``"schema": "icmlib-results/1"``)
@@ -22,7 +22,7 @@ Schema (``"schema": "icmlib-results/1"``)
                   "annotations": ".../instances_val.json"},
       "tasks": ["detection", "instance"],
       "bpp_averaging": "per-image mean of 8*(coded bytes)/(H*W)",
-      "rate_rule": "coded bitstream only: ...",    # what bpp counts (icmlib.overheads.RULE)
+      "rate_rule": "coded bitstream only: ...",    # what bpp counts (icmlib.evaluation.overheads.RULE)
       "reference": {"bbox_map": 0.71, "bbox_map50": 0.93, ...},   # uncompressed originals
       "codecs": [                                   # one entry per codec (one RD curve)
         {"name": "JPEG", "kind": "anchor",          # "anchor" | "learned"
@@ -36,7 +36,7 @@ Schema (``"schema": "icmlib-results/1"``)
             "bytes": 26542, "bytes_file": 26830,    # totals over the images
             "overhead_bytes": {"container": 18,     # mean bytes per image not counted in
               "metadata": 0, "size_prefix": 0,      #   bpp, and the per-image headers
-              "headers": 280},                      #   counted in it (icmlib.overheads)
+              "headers": 280},                      #   counted in it (icmlib.evaluation.overheads)
             "psnr": 27.3, "ms_ssim": 0.93,          # means over images
             "bbox_map": 0.52, "bbox_map50": 0.80,   # detection network (Faster R-CNN)
             "segm_map": 0.44, "segm_map50": 0.75,   # instance network (Mask R-CNN) masks
@@ -191,7 +191,7 @@ def new_results(*, preset: Any, dataset: Dict[str, Any], tasks, reference: Dict[
 
 
 def _rate_rule() -> str:
-    from icmlib.overheads import RULE
+    from icmlib.evaluation.overheads import RULE
 
     return RULE
 

@@ -263,7 +263,7 @@ class AtRate(nn.Module):
     def rate(self) -> int:
         return int(self.rate_index)
 
-    # The parts, as a one-rate codec has them (chapters and icmlib.probability take a codec
+    # The parts, as a one-rate codec has them (chapters and icmlib.codec.probability take a codec
     # apart): g_a includes this rate's gain, g_s its inverse gain; the rest is shared.
     @property
     def g_a(self):

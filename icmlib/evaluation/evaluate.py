@@ -3,7 +3,7 @@
 For one codec and a list of its rate settings, over a COCO-format dataset, every image is
 
 1. **encoded to real bytes** by the codec (a Pillow/ffmpeg anchor or a learned codec),
-   and its rate taken from those bytes, split by ``codec.rate_parts`` (:mod:`icmlib.overheads`):
+   and its rate taken from those bytes, split by ``codec.rate_parts`` (:mod:`icmlib.evaluation.overheads`):
    ``bpp = 8 * coded bytes / (H * W)`` counts the coded bitstream the decoder needs, the
    same rule for every codec; ``bpp_file = 8 * len(bytes) / (H * W)`` the whole file, and
    ``overhead_bytes`` what the difference is made of (container, metadata, size prefix);
@@ -30,7 +30,7 @@ The uncompressed reference (:func:`reference_accuracy`) runs the same task netwo
 the original images, so "the codec made the task *better*" can be checked directly.
 
 The results of :func:`evaluate_codec` are one codec entry of the results schema
-(:mod:`icmlib.results`), which ``icmlib.plots`` draws and :func:`bd_rate_table` turns into
+(:mod:`icmlib.evaluation.results`), which ``icmlib.evaluation.plots`` draws and :func:`bd_rate_table` turns into
 the paper's table. :func:`cached_evaluation` keys an evaluation by everything that
 determines it (codec weights' fingerprint, settings, dataset, task networks), so
 ``icm reproduce`` run twice evaluates nothing twice.
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from icmlib.results import TASK_METRIC, codec_entry, curve
+from icmlib.evaluation.results import TASK_METRIC, codec_entry, curve
 
 #: bump when the evaluation code changes what it measures (invalidates cached evaluations)
 EVALUATION_VERSION = "evaluate/2"  # 2: bpp counts coded bits, bpp_file whole files
@@ -77,7 +77,7 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
 
 # ---- datasets -----------------------------------------------------------------------------
 def subset(dataset, num_images: Optional[int]):
-    """The first ``num_images`` images of a :class:`~icmlib.data.CocoDataset` (same COCO
+    """The first ``num_images`` images of a :class:`~icmlib.data.world.CocoDataset` (same COCO
     ground truth object, fewer image ids), or the dataset itself when ``None``/too large.
 
     Taking the first images (ids sorted) keeps the subset deterministic, so evaluations
@@ -126,13 +126,13 @@ def evaluation_device(preset=None) -> torch.device:
 
 def task_networks(tasks: Iterable[str] = DEFAULT_TASKS, preset=None, *,
                   force: bool = False) -> Dict[str, torch.nn.Module]:
-    """The frozen task networks for ``tasks`` (train-or-load through ``icmlib.tasks``), on
+    """The frozen task networks for ``tasks`` (train-or-load through ``icmlib.tasks.networks``), on
     :func:`evaluation_device`, loaded once per process and cache folder (``$ICM_CACHE``)
     and reused by every evaluation. ``force=True`` retrains them and replaces the
     loaded ones."""
     from icmlib.cache import cache_root, config_key
     from icmlib.presets import get_preset
-    from icmlib.tasks import task_network
+    from icmlib.tasks.networks import task_network
 
     preset = get_preset(preset)
     device = evaluation_device(preset)
@@ -146,16 +146,16 @@ def task_networks(tasks: Iterable[str] = DEFAULT_TASKS, preset=None, *,
 
 
 def learned_codec(nets, name: str, preset=None):
-    """A :class:`icmlib.anchors.LearnedCodec` over ``nets`` that codes on
+    """A :class:`icmlib.evaluation.anchors.LearnedCodec` over ``nets`` that codes on
     :func:`evaluation_device` (the gpu preset's CUDA), as the task networks run."""
-    from icmlib.anchors import LearnedCodec
+    from icmlib.evaluation.anchors import LearnedCodec
 
     return LearnedCodec(nets, name, device=str(evaluation_device(preset)))
 
 
 def network_fingerprint(net: torch.nn.Module) -> str:
     """Hex fingerprint of a network's weights (keys cached evaluations)."""
-    from icmlib.codec import fingerprint
+    from icmlib.codec.model import fingerprint
 
     return fingerprint(net).hex()
 
@@ -194,7 +194,7 @@ def task_accuracy(networks: Mapping[str, torch.nn.Module], dataset,
                   images: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, float]:
     """Every task network's accuracy on ``images`` (default: the dataset's originals;
     a list, or a lazy :class:`CodedImages`)."""
-    from icmlib.tasks import evaluate_task
+    from icmlib.tasks.networks import evaluate_task
 
     out: Dict[str, float] = {}
     for task, net in networks.items():
@@ -219,7 +219,7 @@ def reference_accuracy(tasks: Iterable[str] = DEFAULT_TASKS, dataset=None, *, pr
 
 
 def _eval_dataset(preset):
-    from icmlib.data import dataset_for
+    from icmlib.data.world import dataset_for
 
     return subset(dataset_for(preset, split="test"), preset.eval_images)
 
@@ -246,10 +246,10 @@ def encode_bytes(codec, image: Image.Image, setting) -> bytes:
 
 
 def coded_parts(codec, data: bytes) -> Dict[str, int]:
-    """``codec.rate_parts(data)`` (:mod:`icmlib.overheads`), checked to add up to the file.
+    """``codec.rate_parts(data)`` (:mod:`icmlib.evaluation.overheads`), checked to add up to the file.
     A codec without ``rate_parts`` (any object with ``encode``/``decode``) counts its whole
     output as coded."""
-    from icmlib import overheads
+    from icmlib.evaluation import overheads
 
     split = getattr(codec, "rate_parts", None)
     try:
@@ -277,7 +277,7 @@ class CodedImages(_abc.Sequence):
 
     ``coded[i]`` encodes image ``i`` to bytes the first time it is asked for (recording
     its byte count, PSNR, MS-SSIM and timings), and returns the decoded [3, H, W] image.
-    The task networks read it like a list (``icmlib.tasks.evaluate_task(images=coded)``),
+    The task networks read it like a list (``icmlib.tasks.networks.evaluate_task(images=coded)``),
     so the decoded set never has to fit in memory at once: for large sets (more than
     ``keep`` images) only the bytes are kept and a second task decodes them again.
     """
@@ -370,7 +370,7 @@ class CodedImages(_abc.Sequence):
 def _mean_overheads(parts: Sequence[Mapping[str, int]]) -> Dict[str, float]:
     """Mean bytes per image of every part but ``coded`` (``headers`` only if measured on
     every image)."""
-    from icmlib.overheads import OVERHEADS
+    from icmlib.evaluation.overheads import OVERHEADS
 
     keys = list(OVERHEADS) + (["headers"] if all("headers" in p for p in parts) else [])
     return {k: float(np.mean([p.get(k, 0) for p in parts])) for k in keys}
@@ -397,8 +397,8 @@ def evaluate_codec(codec, settings: Optional[Sequence[Any]] = None, dataset=None
 
     Args:
         codec: anything with ``name``, ``encode(image, setting) -> bytes`` and
-            ``decode(bytes) -> PIL image`` (an anchor from :mod:`icmlib.anchors`, or a
-            :class:`icmlib.anchors.LearnedCodec` holding one network per rate).
+            ``decode(bytes) -> PIL image`` (an anchor from :mod:`icmlib.evaluation.anchors`, or a
+            :class:`icmlib.evaluation.anchors.LearnedCodec` holding one network per rate).
         dataset: a COCO-format dataset (default: the preset's test split, its first
             ``preset.eval_images`` images: reported numbers never come from the images
             that chose the recipe).
@@ -408,7 +408,7 @@ def evaluate_codec(codec, settings: Optional[Sequence[Any]] = None, dataset=None
         num_images: evaluate on the first ``num_images`` images only.
         kind, group, info: recorded in the codec entry (``kind`` "anchor"/"learned").
 
-    Returns one codec entry of the results schema (:mod:`icmlib.results`).
+    Returns one codec entry of the results schema (:mod:`icmlib.evaluation.results`).
     """
     from tqdm.auto import tqdm
 
@@ -425,7 +425,7 @@ def evaluate_codec(codec, settings: Optional[Sequence[Any]] = None, dataset=None
     for s in tqdm(settings, desc=f"evaluating {codec.name}", disable=not progress):
         points.append(evaluate_point(codec, s, dataset, networks, progress=progress))
     if kind is None:
-        from icmlib.anchors import LearnedCodec
+        from icmlib.evaluation.anchors import LearnedCodec
 
         kind = "learned" if isinstance(codec, LearnedCodec) else "anchor"
     if group is None:
@@ -460,7 +460,7 @@ def cached_evaluation(key: Mapping[str, Any], evaluate: Callable[[], Dict[str, A
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: evaluate again
     entry = evaluate()
-    from icmlib.results import _jsonable
+    from icmlib.evaluation.results import _jsonable
 
     atomic_write_text(json.dumps({"key": _jsonable(key), "entry": _jsonable(entry)}), path)
     return entry
@@ -490,26 +490,26 @@ def bd_rate_table(results: Mapping[str, Any], anchors: Optional[Sequence[str]] =
     """The paper's BD-rate table from a results file: each test codec against each anchor.
 
     Args:
-        results: a results dict (:func:`icmlib.results.load_results`).
+        results: a results dict (:func:`icmlib.evaluation.results.load_results`).
         anchors: codec names used as anchors (columns). Default: every ``kind ==
             "anchor"`` codec plus the MSE baseline(s) (``group == "mse"``).
         metric: the quality axis (``"bbox_map"`` for detection, ``"segm_map"`` for
             instance segmentation, ``"psnr"``...).
         tests: codec names in the rows (default: the learned codecs not among anchors).
         method: ``"pchip"`` (JVET CTC, default; non-monotonic mAP curves use their
-            running-maximum frontier, see :mod:`icmlib.bdrate`) or ``"cubic"``.
+            running-maximum frontier, see :mod:`icmlib.evaluation.bdrate`) or ``"cubic"``.
         as_text: cells are strings — ``"-41.2 %"`` or ``"n/a (reason)"`` — ready to print;
             with ``False`` they are floats (NaN where not computable).
-        rate: ``"bpp"`` (coded bits, the same rule for every codec: :mod:`icmlib.overheads`)
+        rate: ``"bpp"`` (coded bits, the same rule for every codec: :mod:`icmlib.evaluation.overheads`)
             or ``"bpp_file"`` (whole files; an older results file's ``bpp`` serves for
-            both, :func:`icmlib.results.point_rate`).
+            both, :func:`icmlib.evaluation.results.point_rate`).
 
     Returns a pandas DataFrame, rows = test codecs, columns = anchors. Negative = the
     test codec needs fewer bits than the anchor for the same accuracy.
     """
     import pandas as pd
 
-    from icmlib.bdrate import bd_rate_table as _table
+    from icmlib.evaluation.bdrate import bd_rate_table as _table
 
     codecs = {c["name"]: c for c in results["codecs"]}
     if anchors is None:
@@ -549,7 +549,7 @@ def bd_rate_table(results: Mapping[str, Any], anchors: Optional[Sequence[str]] =
 
 
 def overhead_table(results: Mapping[str, Any]):
-    """Per codec: the mean bytes per image of each part of its files (:mod:`icmlib.overheads`;
+    """Per codec: the mean bytes per image of each part of its files (:mod:`icmlib.evaluation.overheads`;
     mean over its points), and at its lowest rate point the bpp the rule counts, the whole
     file's bpp and the share of the file the rule leaves out. Codecs whose points carry no
     ``overhead_bytes`` (a results file written before the split) are left out."""
@@ -579,13 +579,13 @@ def overhead_comparison(codecs: Sequence[Any], sizes: Sequence[Tuple[int, int]] 
     For every codec at its lowest setting (``qualities[0]``), on a synthetic-world image of
     each ``(width, height)`` (the ``cpu`` preset's 128×128 and a COCO-sized 640×480): the
     bytes the BD-rate rule leaves out (container + metadata + size prefix,
-    :mod:`icmlib.overheads`), what they are in bpp and as a share of the file, and the
+    :mod:`icmlib.evaluation.overheads`), what they are in bpp and as a share of the file, and the
     per-image headers the rule counts. Fixed bytes weigh 18.75 times more per pixel on the
     small image. Returns a DataFrame, rows = codecs, columns = (size, quantity)."""
     import pandas as pd
 
-    from icmlib.data import _render_image
-    from icmlib.overheads import measure
+    from icmlib.data.world import _render_image
+    from icmlib.evaluation.overheads import measure
 
     images = {}
     for w, h in sizes:
@@ -619,7 +619,7 @@ def bd_rate_details(results: Mapping[str, Any], anchors: Sequence[str], metric: 
                     min_overlap: float = 0.2, rate: str = "bpp") -> List[Dict[str, Any]]:
     """The BD-rate table as rows with the full error / warning messages (for the JSON),
     on ``rate`` (``"bpp"``: coded bits; ``"bpp_file"``: whole files)."""
-    from icmlib.bdrate import bd_rate_table as _table
+    from icmlib.evaluation.bdrate import bd_rate_table as _table
 
     codecs = {c["name"]: c for c in results["codecs"]}
     curves = {n: list(zip(*curve(codecs[n], metric, rate))) for n in list(anchors) + list(tests)

@@ -1,7 +1,7 @@
 """The book's sources, checked before any build: chapter openings and the repository URL.
 
 Two rules a reader meets on every page, checked here on the ``.ipynb`` files (fast, no
-build) and again by :mod:`icmlib.bookcheck` on the built HTML:
+build) and again by :mod:`bookcheck` on the built HTML:
 
 * **A chapter opens with its title.** The first cell is markdown starting ``# Title``
   (with the chapter's promise), the second is the Colab install cell, folded
@@ -10,7 +10,7 @@ build) and again by :mod:`icmlib.bookcheck` on the built HTML:
   place: the launch buttons are built from it, and the install cells, ``README.md`` and
   ``book/intro.md`` must name the same repository. A fork changes all of them with::
 
-      python -m icmlib.booksource --set-repository https://github.com/YOU/icm-book
+      python -m icmlib.book.source --set-repository https://github.com/YOU/icm-book
 """
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def book_problems(root=".") -> list[str]:
 
 
 def main(argv=None) -> int:
-    """``python -m icmlib.booksource [--root .] [--set-repository URL]``: check, or change the URL."""
+    """``python -m icmlib.book.source [--root .] [--set-repository URL]``: check, or change the URL."""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -63,8 +63,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from .cache import cache_dir, config_key
-from .presets import Preset, get_preset
+from icmlib.cache import cache_dir, config_key
+from icmlib.presets import Preset, get_preset
 
 __all__ = [
     "CATEGORIES", "NUM_CLASSES", "WORLD_VERSION", "COCO_URLS", "COCO_ROOT_ENV",
@@ -90,6 +90,9 @@ NUM_CLASSES: int = len(CATEGORIES) + 1
 #: Bump when the generator changes, so cached worlds (and anything trained on them,
 #: if it puts this in its cache key) are rebuilt.
 WORLD_VERSION = "1"
+#: the generator's public name, part of every cache key built on the world: it must not
+#: follow the module's file (issue 11 moved the code, not the world)
+WORLD_GENERATOR = "icmlib.data.generate_world"
 
 #: The synthetic world's splits. ``test`` is drawn from its own random stream and used only
 #: for reported numbers: steps, λ and loss weights are chosen on ``train``/``val``.
@@ -319,7 +322,7 @@ def generate_world(out_dir: PathLike, split: str, num_images: int, image_size: i
     ann_file = out_dir / "annotations" / f"instances_{split}.json"
     image_dir.mkdir(parents=True, exist_ok=True)
     ann_file.parent.mkdir(parents=True, exist_ok=True)
-    config = {"generator": "icmlib.data.generate_world", "version": WORLD_VERSION,
+    config = {"generator": WORLD_GENERATOR, "version": WORLD_VERSION,
               "split": split, "num_images": int(num_images), "image_size": int(image_size),
               "max_objects": int(max_objects), "seed": int(seed)}
     images, annotations = [], []
@@ -361,7 +364,7 @@ def world_config(preset: Union[Preset, str, None] = None, split: str = "train") 
     if split not in sizes:
         raise ValueError(f"unknown split {split!r}; the synthetic world has {sorted(sizes)}")
     num = sizes[split]
-    return {"generator": "icmlib.data.generate_world", "version": WORLD_VERSION,
+    return {"generator": WORLD_GENERATOR, "version": WORLD_VERSION,
             "split": split, "num_images": int(num), "image_size": int(preset.image_size),
             "max_objects": int(preset.max_objects), "seed": int(preset.world_seed)}
 
@@ -901,7 +904,7 @@ def dataset_for(preset: Union[Preset, str, None] = None, split: str = "train",
             raise DatasetNotFoundError(
                 f"preset {preset.name!r} uses COCO 2017, but {ann_file} or {image_dir}/ "
                 f"is missing.\nDownload it once with:\n"
-                f"  from icmlib.data import download_coco; download_coco(split={name!r})\n"
+                f"  from icmlib.data.world import download_coco; download_coco(split={name!r})\n"
                 f"(or put an existing copy in {root}, or point ${COCO_ROOT_ENV} at it).")
         return CocoDataset(image_dir, ann_file, crop_size=crop, train=train, seed=seed)
     raise ValueError(f"preset {preset.name!r} has unknown dataset {preset.dataset!r}; "

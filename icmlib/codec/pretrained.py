@@ -4,16 +4,16 @@ The default codec is a small checkpoint that ships inside the package
 (``icmlib/weights/default.pt``, installed as package data), so that ``icm encode`` works
 on a fresh install with no training step. The project trains it with its own training
 command and records that command in the checkpoint's ``meta``. Every checkpoint is in
-``icmlib.codec``'s format (``save_codec`` / ``load_codec``).
+``icmlib.codec.model``'s format (``save_codec`` / ``load_codec``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional, Union
 
-from icmlib.codec import ICMCodec, load_codec
+from icmlib.codec.model import ICMCodec, load_codec
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_CHECKPOINT = WEIGHTS_DIR / "default.pt"
 
 
@@ -28,7 +28,7 @@ def default_codec() -> ICMCodec:
             f"the default codec {DEFAULT_CHECKPOINT} is not part of this installation. "
             f"It is trained by the project and shipped as package data; until it is, pass "
             f"a codec checkpoint with --model CKPT (any file written by "
-            f"icmlib.codec.save_codec, e.g. one made by the project's training command)")
+            f"icmlib.codec.model.save_codec, e.g. one made by the project's training command)")
     return _load(DEFAULT_CHECKPOINT)
 
 

@@ -5,7 +5,7 @@ The ICM loss (eq. 3 of Le et al., ICASSP 2021) is
     L_total = w_rate · L_rate + w_mse · L_mse + w_task · L_task
 
 with ``L_rate`` in bits per pixel, ``L_mse`` on the 0–255 scale and ``L_task`` the frozen
-task network's own loss (see ``icmlib.losses``). The three terms pull in different
+task network's own loss (see ``icmlib.codec.losses``). The three terms pull in different
 directions — fewer bits, a faithful image, a happy task network — and their raw sizes
 differ by orders of magnitude, so *how* they are weighted decides what the codec learns.
 

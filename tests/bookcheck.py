@@ -8,7 +8,7 @@ nothing), so the tests open the built HTML and check it.  This module holds that
 inspection, shared by ``tests/test_book.py``, ``benchmarks/screenshot_book.py``
 and the command line::
 
-    python -m icmlib.bookcheck _build/html          # report, exit 1 on problems
+    python -m bookcheck _build/html          # report, exit 1 on problems
 
 Beyond "exists and shows its figures", a page must read well anywhere (issue 16):
 
@@ -511,7 +511,7 @@ def build_book(source_dir, output_dir=None, env=None, timeout=None, extra_args=(
 
 # --------------------------------------------------------------------------- cli
 def main(argv=None) -> int:
-    """``python -m icmlib.bookcheck [HTML_DIR] [--toc _toc.yml]``: print one line per chapter."""
+    """``python -m bookcheck [HTML_DIR] [--toc _toc.yml]``: print one line per chapter."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

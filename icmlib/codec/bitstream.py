@@ -13,7 +13,7 @@ Byte layout (format version 2; integers are unsigned, big-endian, as in PNG)::
     0          4     magic  89 49 43 4D  ("\\x89ICM"; the high byte catches 7-bit
                      transfers, like PNG's)
     4          1     format version (2; see below)
-    5          8     model fingerprint: ``icmlib.codec.fingerprint(net)``, a hash of
+    5          8     model fingerprint: ``icmlib.codec.model.fingerprint(net)``, a hash of
                      the decoder's weights and CDF tables
     13         2     image height H (pixels)
     15         2     image width W
@@ -31,7 +31,7 @@ streams. Everything else is rANS output, so the file's bits per pixel are the
 likelihood estimate plus rANS's few bytes of flushed state per stream plus this header.
 
 Versions: 2 computes the hyperprior's scales and means in float64 on the CPU, so a file
-decodes the same whatever device encoded it (``icmlib.codec._ExactHyperSynthesis``).
+decodes the same whatever device encoded it (``icmlib.codec.model._ExactHyperSynthesis``).
 Version 1 (the same layout) computed them in float32 on the encoder's device; a version-1
 file is still read (``icm info``), but decoding it is refused with a clear message, since
 this icmlib would pick other CDFs for some symbols and decode a wrong image.
@@ -43,7 +43,7 @@ then refuses a file written by another model (the fingerprints differ) before an
 tensor is touched. The CRC catches every accidental damage of up to 32 bits in a row and
 all but one in 4 billion others. A file *crafted* to carry a valid checksum over damaged
 streams decodes to some image or raises ``BitstreamError``, never crashes or hangs: the
-streams are decoded with ``icmlib.ans``, which checks every read (CompressAI's C++ decoder
+streams are decoded with ``icmlib.codec.ans``, which checks every read (CompressAI's C++ decoder
 does not, so it only decodes bytes the caller wrote itself: ``checked=False``).
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ from typing import BinaryIO, List, Tuple, Union
 
 import torch
 
-from icmlib.codec import STRIDE, decode_image, encode_image, fingerprint, padding_for
+from icmlib.codec.model import STRIDE, decode_image, encode_image, fingerprint, padding_for
 
 MAGIC = b"\x89ICM"
 VERSION = 2
@@ -319,13 +319,13 @@ def check_model(f: ICMFile, net) -> None:
 def decompress_file(net, f: ICMFile, *, checked: bool = True) -> torch.Tensor:
     """Decode an ``ICMFile`` with ``net`` into an image tensor [3, H, W] in [0, 1].
 
-    ``checked`` (default): the rANS streams are decoded by ``icmlib.ans``, which checks
+    ``checked`` (default): the rANS streams are decoded by ``icmlib.codec.ans``, which checks
     every read, so damaged streams -- even under a valid checksum -- give some image or a
     ``BitstreamError``, never a crash or a hang. ``checked=False`` uses CompressAI's C++
     decoder (faster; the same image for a valid file), which trusts its input and may read
     past its buffer: only for bytes the caller itself just encoded.
     """
-    from icmlib.ans import RansError, use_icmlib_ans
+    from icmlib.codec.ans import RansError, use_icmlib_ans
 
     check_model(f, net)
     coder = use_icmlib_ans(net) if checked else contextlib.nullcontext()

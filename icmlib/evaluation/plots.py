@@ -4,8 +4,8 @@ from __future__ import annotations
 
 
 # ======================================================================================
-# Evaluation figures (icmlib.evaluate / icmlib.reproduce): drawn straight from a results
-# file (icmlib.results), so plotting never re-runs an evaluation.
+# Evaluation figures (icmlib.evaluation.evaluate / icmlib.evaluation.reproduce): drawn straight from a results
+# file (icmlib.evaluation.results), so plotting never re-runs an evaluation.
 # ======================================================================================
 #: how each group of codecs is drawn: traditional anchors thin and dashed, the MSE
 #: baseline solid blue, ICM codecs thick (fixed: orange, dynamic: red, auto: purple)
@@ -33,7 +33,7 @@ def plot_rd_curves(results, metric="bbox_map", ax=None, codecs=None, task=None,
     """Rate-accuracy (or rate-distortion) curves of every codec in a results file.
 
     Args:
-        results: a results dict or the path of a results JSON (``icmlib.results``).
+        results: a results dict or the path of a results JSON (``icmlib.evaluation.results``).
         metric: the y axis: ``"bbox_map"``, ``"segm_map"``, ``"bbox_map50"``,
             ``"psnr"``, ``"ms_ssim"``, ``"miou"``...
         codecs: names to draw (default: every codec that has ``metric``; ICM codecs
@@ -47,7 +47,7 @@ def plot_rd_curves(results, metric="bbox_map", ax=None, codecs=None, task=None,
     """
     import matplotlib.pyplot as plt
 
-    from icmlib.results import curve, load_results, metric_label
+    from icmlib.evaluation.results import curve, load_results, metric_label
 
     results = load_results(results)
     if ax is None:
@@ -91,7 +91,7 @@ def plot_bd_illustration(anchor, test, method="pchip", ax=None, anchor_name="anc
     import numpy as np
     from scipy.interpolate import PchipInterpolator
 
-    from icmlib.bdrate import bd_rate, frontier
+    from icmlib.evaluation.bdrate import bd_rate, frontier
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -134,13 +134,13 @@ def plot_weighting_comparison(results, task="detection", rate_index=None, axes=N
     over training, the task weight over training, and the final RD points of each
     strategy's codecs.
 
-    Reads ``results["extra"]["training"]`` (written by ``icmlib.reproduce``). Returns
+    Reads ``results["extra"]["training"]`` (written by ``icmlib.evaluation.reproduce``). Returns
     the axes (4 panels).
     """
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from icmlib.results import TASK_METRIC, curve, load_results, metric_label
+    from icmlib.evaluation.results import TASK_METRIC, curve, load_results, metric_label
 
     results = load_results(results)
     runs = [r for r in results.get("extra", {}).get("training", [])
@@ -202,7 +202,7 @@ def plot_weighting_comparison(results, task="detection", rate_index=None, axes=N
 
 
 # ======================================================================================
-# Training figures (icmlib.train): drawn from the CSV logs every training run writes.
+# Training figures (icmlib.training.codec): drawn from the CSV logs every training run writes.
 # ======================================================================================
 #: colours of the loss-weighting strategies in training figures (same as RD_STYLES)
 STRATEGY_COLORS = {"mse": "tab:blue", "fixed": "tab:orange", "dynamic": "tab:red",
@@ -230,7 +230,7 @@ def _as_logs(run):
     from pathlib import Path
 
     if isinstance(run, (str, Path)):
-        from icmlib.train import TRAIN_LOG, VAL_LOG, read_log
+        from icmlib.training.codec import TRAIN_LOG, VAL_LOG, read_log
 
         return {"train": read_log(Path(run) / TRAIN_LOG), "val": read_log(Path(run) / VAL_LOG)}
     if hasattr(run, "logs"):

@@ -1,0 +1,1 @@
+"""Evaluation: anchors (traditional codecs), rate accounting, metrics over a dataset, BD-rate, results files, the reproduction, plots."""
