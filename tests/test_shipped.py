@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from icmlib import shipped
+from icmlib import ship, shipped
 from icmlib.cache import config_key, train_or_load
 from icmlib.codec.model import decode_image, encode_image
 from icmlib.presets import get_preset
@@ -27,7 +27,7 @@ def shipped_set(tmp_path, monkeypatch):
     monkeypatch.delenv(shipped.RETRAIN_ENV, raising=False)
     p = ci()
     ckpt = codec_run(p, progress=False)
-    entry = shipped.ship("codec", codec_config(p), ckpt, command="test", trained_at="abc",
+    entry = ship.ship("codec", codec_config(p), ckpt, command="test", trained_at="abc",
                          steps=3, wall_seconds=1.0)
     monkeypatch.setenv("ICM_CACHE", str(tmp_path / "reader"))
     return p, ckpt, entry, tmp_path / "shipped"
@@ -99,9 +99,9 @@ def test_any_kind_ships_and_unchanged_weights_are_not_rewritten(tmp_path, monkey
     monkeypatch.setenv("ICM_SHIPPED_DIR", str(folder))
     config = {"task": "toy", "steps": 1}
     obj = {"state_dict": {"w": torch.randn(4, 4), "n": torch.tensor(3)}, "metrics": {"a": 1}}
-    e1 = shipped.ship("task-toy", config, obj, command="t", trained_at="x")
+    e1 = ship.ship("task-toy", config, obj, command="t", trained_at="x")
     mtime = (folder / e1["file"]).stat().st_mtime_ns
-    e2 = shipped.ship("task-toy", config, obj, command="t", trained_at="x")
+    e2 = ship.ship("task-toy", config, obj, command="t", trained_at="x")
     assert e1["sha256"] == e2["sha256"] and (folder / e1["file"]).stat().st_mtime_ns == mtime
     loaded = train_or_load("task-toy", config, lambda: pytest.fail("must not train"))
     assert loaded["state_dict"]["w"].dtype == torch.float32
@@ -132,7 +132,7 @@ def test_ship_from_cache_ships_what_is_trained_and_lists_the_rest(tmp_path, monk
                    codec_base_rate=0, checkpoint_every=3, val_every=3)
     codec_run(p, None, "mse", 0, progress=False)  # the variable-rate MSE codec (and its base)
     status = {kind + ("" if kind != "codec" else f"/{key}"): s
-              for kind, key, s in shipped.ship_from_cache(p, trained_at="abc")}
+              for kind, key, s in ship.ship_from_cache(p, trained_at="abc")}
     mse_key = config_key(codec_config(p, None, "mse", 0))
     assert status[f"codec/{mse_key}"].startswith("shipped")
     assert status["task-detection"] == "not trained yet"

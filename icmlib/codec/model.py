@@ -40,6 +40,8 @@ from compressai.layers import (ResidualBlock, ResidualBlockUpsample, ResidualBlo
                                conv3x3, subpel_conv3x3)
 from compressai.models import MeanScaleHyperprior
 
+from icmlib.shipped import register_expander
+
 #: y is 1/16 of the image; z is 1/4 of y. Inputs are padded to a multiple of this.
 STRIDE = 64
 
@@ -456,3 +458,20 @@ def load_codec(source: Union[str, Path, Dict[str, Any]]) -> ICMCodec:
     net = ICMCodec.from_state_dict(source["state_dict"], source["config"])
     net.meta = source.get("meta", {})
     return net
+
+
+def expand_shipped_checkpoint(ckpt: Dict[str, Any]) -> Dict[str, Any]:
+    """A shipped codec checkpoint (float32 again, CDF tables left out) made whole: the CDF
+    tables rebuilt by ``update()``, exactly as after training (see :mod:`icmlib.shipped`)."""
+    net = ICMCodec(**ckpt["config"])
+    # one-element buffers are constants of construction (likelihood bounds of 1e-9, GDN
+    # pedestals of 1e-11): float16 rounds them to 0, so they come from the new codec
+    params = dict(net.named_parameters())
+    constants = {k for k, v in net.state_dict().items() if k not in params and v.numel() == 1}
+    state = {k: v for k, v in ckpt["state_dict"].items() if k not in constants}
+    nn.Module.load_state_dict(net, state, strict=False)  # CDFs come next
+    net.update(force=True)
+    return dict(ckpt, state_dict=net.state_dict())
+
+
+register_expander(CHECKPOINT_FORMAT, expand_shipped_checkpoint)

@@ -1,0 +1,158 @@
+"""Shipping the reproduction's trained checkpoints (the project's maintainers).
+
+``python -m icmlib.ship --preset cpu --trained-at COMMIT`` copies every checkpoint of the
+reproduction that ``$ICM_CACHE`` holds into ``icmlib/weights/shipped/`` in its compact form
+(float16; a codec without its CDF tables, which :mod:`icmlib.shipped` rebuilds on load, and
+with a thinned training log) and records each in the manifest with its sha256, command,
+commit, steps, wall time and hardware. What is not trained yet is listed, not trained.
+Reading the set is :mod:`icmlib.shipped`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+
+from icmlib.cache import atomic_save, atomic_write_text, checkpoint_path, config_key
+from icmlib.codec.model import CHECKPOINT_FORMAT
+from icmlib.evaluation.reproduce import REPRO_TASKS
+from icmlib.evaluation.results import cpu_model, git_commit
+from icmlib.shipped import (MANIFEST_NAME, map_tensors, entry_name, read_manifest, sha256_of,
+                            shipped_dir, shipped_summary)
+from icmlib.tasks.networks import task_config
+from icmlib.training.codec import codec_config
+
+#: buffers of CompressAI's entropy models that ``update()`` rebuilds: not shipped
+_CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+#: training-log rows kept per shipped codec (the validation log is kept whole)
+TRAIN_LOG_ROWS = 400
+
+
+def _is_codec(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+
+
+def _thin(rows: list, keep: int) -> list:
+    if len(rows) <= keep:
+        return list(rows)
+    step = len(rows) / keep
+    return [rows[int(i * step)] for i in range(keep)] + [rows[-1]]
+
+
+def compact(obj: Any) -> Any:
+    """The shipped form of a checkpoint: float16 tensors; a codec without its CDF tables
+    and with a thinned training log (its total wall time kept in ``meta``)."""
+    obj = dict(obj)
+    if _is_codec(obj):
+        obj["state_dict"] = {k: v for k, v in obj["state_dict"].items()
+                             if k.rsplit(".", 1)[-1] not in _CDF_BUFFERS}
+        logs = dict(obj.get("logs") or {})
+        train = logs.get("train") or []
+        obj["meta"] = dict(obj.get("meta") or {})
+        obj["meta"].setdefault("train_seconds", sum(float(r.get("seconds") or 0) for r in train))
+        logs["train"] = _thin(train, TRAIN_LOG_ROWS)
+        obj["logs"] = logs
+        obj.pop("run_dir", None)
+    return map_tensors(obj, lambda t: t.half() if t.dtype == torch.float32 else t)
+
+
+def ship(kind: str, config: Mapping[str, Any], obj: Any, *, command: str, trained_at: str,
+         steps: Optional[int] = None, wall_seconds: Optional[float] = None,
+         hardware: Optional[str] = None, directory: Optional[Path] = None) -> Dict[str, Any]:
+    """Add a trained checkpoint to the shipped set (file + manifest entry); returns the entry.
+
+    ``trained_at``: the commit whose code trained it. A file with the same content is not
+    rewritten, so unchanged weights are never committed twice.
+    """
+    directory = Path(directory or shipped_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    key = config_key(config)
+    name = f"{kind}-{key}.pt"
+    path = directory / name
+    tmp = directory / (name + ".new")
+    atomic_save(compact(obj), tmp)
+    if path.is_file() and sha256_of(path) == sha256_of(tmp):
+        tmp.unlink()
+    else:
+        os.replace(tmp, path)
+    entry = {"file": name, "kind": kind, "key": key, "sha256": sha256_of(path),
+             "bytes": path.stat().st_size, "command": command, "trained_at": trained_at,
+             "shipped_at": git_commit(), "steps": steps, "wall_seconds": wall_seconds,
+             "hardware": hardware or cpu_model(),
+             "config": json.loads(json.dumps(dict(config), default=str))}
+    doc = read_manifest(directory)
+    doc["entries"][entry_name(kind, key)] = entry
+    doc["entries"] = dict(sorted(doc["entries"].items()))
+    atomic_write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", directory / MANIFEST_NAME)
+    return entry
+
+
+def reproduction_checkpoints(preset) -> list:
+    """``(kind, config)`` of every checkpoint ``icm reproduce`` loads for ``preset``: the
+    frozen task networks, the MSE baseline and each (task, strategy) ICM codec."""
+    items = [(f"task-{t}", task_config(t, preset)) for t in REPRO_TASKS]
+    rates = [0] if preset.variable_rate else range(len(preset.rd_lambdas))
+    codecs = [(None, "mse")] + [(t, s) for t in REPRO_TASKS for s in preset.repro_strategies]
+    for task, strategy in codecs:
+        items += [("codec", codec_config(preset, task, strategy, r)) for r in rates]
+    return items
+
+
+def ship_from_cache(preset, trained_at: str, *, directory: Optional[Path] = None,
+                    command: Optional[str] = None) -> list:
+    """Ship every checkpoint of the reproduction that the train-or-load cache holds (what
+    is not trained yet is listed, not trained). Returns ``[(kind, key, status)]``."""
+    done = []
+    for kind, config in reproduction_checkpoints(preset):
+        path = checkpoint_path(kind, config)
+        key = config_key(config)
+        if not path.is_file():
+            done.append((kind, key, "not trained yet"))
+            continue
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+        steps, seconds, how = _provenance(kind, obj, config, preset)
+        entry = ship(kind, config, obj, command=command or how, trained_at=trained_at,
+                     steps=steps, wall_seconds=seconds, directory=directory)
+        done.append((kind, key, f"shipped {entry['file']} ({entry['bytes'] / 1e6:.1f} MB)"))
+    return done
+
+
+def _provenance(kind: str, obj: Mapping[str, Any], config: Mapping[str, Any], preset):
+    """(steps, wall seconds, command) of a cached checkpoint."""
+    if kind == "codec":
+        meta = obj.get("meta", {})
+        seconds = meta.get("train_seconds")
+        if seconds is None:
+            seconds = sum(float(r.get("seconds") or 0) for r in obj.get("logs", {}).get("train", []))
+        return meta.get("steps"), seconds, meta.get("command") or "icm reproduce"
+    metrics = obj.get("metrics", {})
+    task = kind.split("-", 1)[1]
+    return (config.get("steps"), metrics.get("train_seconds"),
+            f"icm train-task --task {task} --preset {preset.name}")
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from icmlib.presets import get_preset
+
+    parser = argparse.ArgumentParser(
+        prog="python -m icmlib.ship",
+        description="Ship the reproduction's trained checkpoints (from $ICM_CACHE) into "
+                    "icmlib/weights/shipped with their manifest entries; list what is missing.")
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--trained-at", required=True, help="the commit whose code trained them")
+    args = parser.parse_args(argv)
+    for kind, key, status in ship_from_cache(get_preset(args.preset), args.trained_at):
+        print(f"{kind:16s} {key}  {status}")
+    s = shipped_summary()
+    print(f"shipped set: {s['files']} files, {s['megabytes']:.1f} MB, "
+          f"{s['train_hours']:.2f} h of training")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
