@@ -2,4 +2,4 @@
 
 Every line of real code in the book lives here; the notebooks import it.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # the one place the version is written (pyproject reads it); see CHANGELOG.md
