@@ -71,7 +71,7 @@ def _image_for_cli(path):
     """Load an image; conversions (gray, RGBA, ...) are reported, non-images are refused."""
     import warnings
 
-    from icmlib.data.world import load_image
+    from icmlib.data import load_image
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -126,7 +126,7 @@ def _decode_command(args) -> int:
     from pathlib import Path
 
     from icmlib.codec.bitstream import BitstreamError, decompress_file
-    from icmlib.data.world import save_image
+    from icmlib.data import save_image
 
     if Path(args.output).suffix.lower() != ".png":
         raise CLIError(f"icm decode writes a PNG (lossless, so the decoded pixels are kept "
@@ -353,7 +353,7 @@ def _cmd_evaluate(args) -> int:
         raise CLIError(f"--images must be at least 1, got {args.images}")
     from icmlib.evaluation.anchors import make_anchor
     from icmlib.codec.model import load_codec
-    from icmlib.data.world import dataset_for
+    from icmlib.data import dataset_for
     from icmlib.evaluation.evaluate import (EvaluationError, dataset_info, evaluate_codec, learned_codec,
                                  reference_accuracy, subset, task_networks)
     from icmlib.evaluation.results import ResultsError, load_results, new_results, save_results

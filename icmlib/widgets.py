@@ -17,7 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 
 from icmlib.evaluation.anchors import Codec, bpp, to_pil
-from icmlib.data.world import draw_annotations
+from icmlib.data import draw_annotations
 from icmlib.evaluation.evaluate import pil_to_tensor
 from icmlib.metrics import coco_map, predictions_to_coco, psnr
 from icmlib.tasks.networks import FrozenTask

@@ -12,7 +12,7 @@ from icmlib.codec import pretrained
 from icmlib.codec.bitstream import compress_to_bytes, header_size, read_icm
 from icmlib.cli import main
 from icmlib.codec.model import ICMCodec, likelihood_bits, quantized_image, run_codec, save_codec
-from icmlib.data.world import load_image
+from icmlib.data import load_image
 
 
 def synthetic_photo(h, w, seed=0):

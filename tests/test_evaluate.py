@@ -37,7 +37,7 @@ def networks():
 
 @pytest.fixture(scope="module")
 def dataset():
-    from icmlib.data.world import dataset_for
+    from icmlib.data import dataset_for
 
     return ev.subset(dataset_for(PRESET, split="val"), 2)
 
@@ -165,7 +165,7 @@ def test_reference_accuracy_on_originals(dataset, networks):
 
 
 def test_subset_is_deterministic_and_checked(dataset):
-    from icmlib.data.world import dataset_for
+    from icmlib.data import dataset_for
 
     full = dataset_for(PRESET, split="val")
     assert ev.subset(full, 2).ids == full.ids[:2] == dataset.ids

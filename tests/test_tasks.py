@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from icmlib.tasks import networks as tasks
-from icmlib.data.world import NUM_CLASSES, collate, dataset_for, stack_images
+from icmlib.data import NUM_CLASSES, collate, dataset_for, stack_images
 from icmlib.presets import get_preset
 
 torch.set_num_threads(2)

@@ -145,7 +145,7 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     import torch.multiprocessing as mp
 
     from icmlib.codec.model import ICMCodec
-    from icmlib.data.world import dataset_for
+    from icmlib.data import dataset_for
 
     dataset_for(ci(), "train")  # generate the world once, before the ranks start
     dataset_for(ci(), "val")
@@ -350,7 +350,7 @@ def test_resume_after_a_real_sigkill(tmp_path):
 def test_training_with_loader_workers(tmp_path):
     """num_workers > 0: the run trains, its crops are reproducible from the seed, and the
     caller's dataset keeps its own seed (the loader used to overwrite it)."""
-    from icmlib.data.world import dataset_for
+    from icmlib.data import dataset_for
     from icmlib.training.codec import _Batches
 
     p = ci(num_workers=2, val_every=100)

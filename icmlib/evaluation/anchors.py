@@ -959,7 +959,7 @@ def compressai_zoo(name: str, quality: int, metric: str = "mse", offline: Option
             f"CompressAI weights for {name} (quality {quality}, {metric}) are not cached and "
             f"downloads are off: it would download {url} to {cached}")
     if not os.path.isfile(cached):
-        from icmlib.data.world import hub_checkpoint
+        from icmlib.data import hub_checkpoint
 
         try:  # with a timeout of its own: socket's process-wide default is left alone
             hub_checkpoint(url)

@@ -77,7 +77,7 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
 
 # ---- datasets -----------------------------------------------------------------------------
 def subset(dataset, num_images: Optional[int]):
-    """The first ``num_images`` images of a :class:`~icmlib.data.world.CocoDataset` (same COCO
+    """The first ``num_images`` images of a :class:`~icmlib.data.CocoDataset` (same COCO
     ground truth object, fewer image ids), or the dataset itself when ``None``/too large.
 
     Taking the first images (ids sorted) keeps the subset deterministic, so evaluations
@@ -219,7 +219,7 @@ def reference_accuracy(tasks: Iterable[str] = DEFAULT_TASKS, dataset=None, *, pr
 
 
 def _eval_dataset(preset):
-    from icmlib.data.world import dataset_for
+    from icmlib.data import dataset_for
 
     return subset(dataset_for(preset, split="test"), preset.eval_images)
 

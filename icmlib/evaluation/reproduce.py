@@ -269,7 +269,7 @@ def _reproduce(preset, out, progress, command, force_evaluation) -> Dict[str, An
     from icmlib.evaluation.anchors import AnchorUnavailable
     from icmlib.codec.model import fingerprint
     from icmlib.training.codec import codec_at_rate
-    from icmlib.data.world import dataset_for
+    from icmlib.data import dataset_for
     from icmlib.evaluation.evaluate import (cached_evaluation, dataset_info, evaluate_codec,
                                  evaluation_key, learned_codec, reference_accuracy, subset,
                                  task_networks)

@@ -65,7 +65,7 @@ def dataset_to_tensors(dataset, size: int, max_images: Optional[int] = None) -> 
         image, target = dataset[i]
         if "semantic" not in target:
             raise SegmentationError("dataset targets need a 'semantic' mask (Int64 [H, W]); "
-                                    "use icmlib.data.world.CocoDataset")
+                                    "use icmlib.data.CocoDataset")
         image, mask = resize_pair(image, target["semantic"].long(), size)
         images.append(image)
         masks.append(mask)
@@ -74,7 +74,7 @@ def dataset_to_tensors(dataset, size: int, max_images: Optional[int] = None) -> 
 
 @functools.lru_cache(maxsize=8)
 def _cached_data(preset: Preset, split: str) -> Tuple[Tensors, int]:
-    from icmlib.data.world import dataset_for
+    from icmlib.data import dataset_for
 
     ds = dataset_for(preset, split, train=False)
     limit = preset.train_images if split == "train" else preset.seg_eval_images

@@ -214,7 +214,7 @@ def _pretrained_detector(task: str, preset: Preset) -> nn.Module:
     file = hub / os.path.basename(urlparse(weights.url).path)
     kwargs = dict(weights=weights, min_size=preset.task_image_size)
     if not file.exists():
-        from icmlib.data.world import hub_checkpoint
+        from icmlib.data import hub_checkpoint
 
         try:  # with a timeout of its own: socket's process-wide default is left alone
             hub_checkpoint(weights.url)
@@ -241,7 +241,7 @@ def build_task_network(task: str, preset: Union[Preset, str, None] = None,
     * ``preset.task_pretrained`` (gpu): the COCO-pretrained ResNet-50-FPN detectors
       (downloaded into torch's hub cache; a clear :class:`PretrainedWeightsUnavailable`
       offline). Otherwise: untrained small networks, ``num_classes`` defaulting to the
-      synthetic world's ``icmlib.data.world.NUM_CLASSES``.
+      synthetic world's ``icmlib.data.NUM_CLASSES``.
 
     Labels are COCO category ids (background 0), so predictions go straight to COCO eval.
     """
@@ -259,7 +259,7 @@ def build_task_network(task: str, preset: Union[Preset, str, None] = None,
 def _num_classes(preset: Preset) -> int:
     if preset.dataset == "coco":
         return 91  # COCO category ids go up to 90; torchvision's COCO models use 91 outputs
-    from icmlib.data.world import NUM_CLASSES
+    from icmlib.data import NUM_CLASSES
 
     return NUM_CLASSES
 
@@ -446,7 +446,7 @@ def _keeps_training_flags(model: nn.Module):
 def evaluate_task(model: nn.Module, task: str, dataset, images=None, *,
                   batch_size: int = 8, max_images: Optional[int] = None,
                   progress: bool = False) -> Dict[str, float]:
-    """Accuracy of ``model`` on ``dataset`` (a :class:`icmlib.data.world.CocoDataset`).
+    """Accuracy of ``model`` on ``dataset`` (a :class:`icmlib.data.CocoDataset`).
 
     ``images`` (optional) replaces the dataset's images -- a list of [3, H, W] tensors or
     a [N, 3, H, W] tensor aligned with the dataset's order -- so the same ground truth
@@ -545,7 +545,7 @@ def _instance_init(preset: Preset) -> str:
 def task_config(task: str, preset: Union[Preset, str, None] = None,
                 steps: Optional[int] = None, seed: int = 0) -> Dict[str, Any]:
     """Everything that determines a trained task network: its train-or-load key."""
-    from icmlib.data.world import world_config
+    from icmlib.data import world_config
 
     task = _check_task(task)
     preset = get_preset(preset)
@@ -584,7 +584,7 @@ def _train_world_preset(preset: Preset) -> Preset:
 
 
 def _train_dataset(preset: Preset):
-    from icmlib.data.world import CocoDataset, dataset_for
+    from icmlib.data import CocoDataset, dataset_for
 
     ds = dataset_for(_train_world_preset(preset), "train", train=True)
     # whole images with random flips: the detector sees the scale it will be tested at
@@ -622,7 +622,7 @@ def train_task(task: str, preset: Union[Preset, str, None] = None, progress: boo
     validation score every ``eval_every`` steps (default ``preset.val_every``; 0: only
     at the end) -- the learning curve.
     """
-    from icmlib.data.world import collate, dataset_for
+    from icmlib.data import collate, dataset_for
 
     task = _check_task(task)
     preset = get_preset(preset)

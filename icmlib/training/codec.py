@@ -209,7 +209,7 @@ def _rng_state(dataset) -> Dict[str, Any]:
              "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    # the dataset draws its crops from its own numpy Generator (icmlib.data.world.CocoDataset)
+    # the dataset draws its crops from its own numpy Generator (icmlib.data.CocoDataset)
     rng = getattr(dataset, "_rng", None)
     if rng is not None:
         state["dataset"] = {"bit_generator": rng.bit_generator.state,
@@ -312,7 +312,7 @@ class _Batches:
                              f"{batch_size} on {world} process(es); lower batch_size or add images")
 
     def from_step(self, step: int):
-        from icmlib.data.world import collate, stack_images
+        from icmlib.data import collate, stack_images
 
         while True:
             epoch, offset = divmod(step, self.per_epoch)
@@ -608,7 +608,7 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     weighting: WeightingStrategy = make_strategy(strategy, lmbda, steps, task is not None, preset)
 
-    from icmlib.data.world import dataset_for
+    from icmlib.data import dataset_for
     crop, batch_size = preset.crop_size, preset.batch_size
     if task is not None:  # whole images for the toy task networks (see icm_crop_size)
         crop, batch_size = preset.icm_crop_size or crop, preset.icm_batch_size or batch_size
@@ -883,7 +883,7 @@ def codec_config(preset: Union[Preset, str, None] = None, task: Optional[str] = 
 
 
 def _codec_config(preset: Preset, task, strategy, rate_index, steps) -> Dict[str, Any]:
-    from icmlib.data.world import world_config
+    from icmlib.data import world_config
 
     rate_index, lmbda = resolve_rate(preset, rate_index)
     parent = codec_parent(preset, task, lmbda if rate_index is None else rate_index)
