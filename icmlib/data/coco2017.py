@@ -19,7 +19,9 @@ from icmlib.data.download import DownloadError, download_file
 
 PathLike = Union[str, os.PathLike]
 
+#: the environment variable naming the folder COCO 2017 is in (see :func:`coco_root`)
 COCO_ROOT_ENV = "ICM_COCO_ROOT"
+#: COCO 2017's files on COCO's servers: images of each split, and the annotations of both
 COCO_URLS = {
     "train2017": "http://images.cocodataset.org/zips/train2017.zip",
     "val2017": "http://images.cocodataset.org/zips/val2017.zip",
