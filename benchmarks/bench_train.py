@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def bench_one(preset_name: str, task, threads: int, steps: int) -> dict:
-    import icmlib.tasks.networks as tasks
+    import icmlib.tasks as tasks
     from icmlib.presets import get_preset
     from icmlib.training.codec import train_codec
 

@@ -195,7 +195,7 @@ def _add_train_task_command(sub) -> None:
 
 
 def _train_task_command(args) -> int:
-    from icmlib.tasks import networks as tasks
+    from icmlib import tasks
 
     preset = _preset_from(args)
     if args.steps is not None and args.steps < 1:

@@ -8,7 +8,7 @@ Two kinds of "quality" meet in image coding for machines:
 * **for machines** -- how well a task network does on the decoded image: COCO mean
   average precision (:func:`coco_map`, computed by the official ``pycocotools`` code,
   for boxes and for instance masks). Semantic segmentation uses mIoU from
-  :mod:`icmlib.segmentation.layers`.
+  :mod:`icmlib.segmentation.metrics`.
 
 and the cost: :func:`bpp`, bits per pixel from the *real* length of a bitstream.
 """

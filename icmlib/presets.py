@@ -93,7 +93,7 @@ class Preset:
     repro_anchor_points: int = 6        # settings per anchor, spread over its range; 0 = all
     repro_strategies: Tuple[str, ...] = ("fixed", "dynamic")
 
-    # --- segmentation chapters (icmlib.segmentation.layers / seg_train) ------------------------
+    # --- segmentation chapters (icmlib.segmentation) ------------------------------------------
     seg_image_size: int = 96            # images and masks are resized to this square size
     seg_width: int = 16                 # channels of the first U-Net stage
     seg_depth: int = 3                  # poolings in the U-Net / FCN encoder

@@ -22,7 +22,7 @@ from icmlib.evaluation.reproduce import REPRO_TASKS
 from icmlib.evaluation.results import cpu_model, git_commit
 from icmlib.shipped import (MANIFEST_NAME, map_tensors, entry_name, read_manifest, sha256_of,
                             shipped_dir, shipped_summary)
-from icmlib.tasks.networks import task_config
+from icmlib.tasks import task_config
 from icmlib.training.codec import codec_config
 
 #: buffers of CompressAI's entropy models that ``update()`` rebuilds: not shipped

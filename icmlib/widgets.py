@@ -20,7 +20,7 @@ from icmlib.evaluation.anchors import Codec, bpp, to_pil
 from icmlib.data import draw_annotations
 from icmlib.evaluation.evaluate import pil_to_tensor
 from icmlib.metrics import coco_map, predictions_to_coco, psnr
-from icmlib.tasks.networks import FrozenTask
+from icmlib.tasks import FrozenTask
 
 #: predictions below this score are not drawn (all of them count for mAP)
 DRAW_SCORE = 0.5

@@ -23,7 +23,7 @@ PRESET = get_preset("ci")
 
 @pytest.fixture(scope="module")
 def networks():
-    from icmlib.tasks.networks import build_task_network, freeze_batchnorm
+    from icmlib.tasks import build_task_network, freeze_batchnorm
 
     torch.manual_seed(0)
     nets = {}
@@ -155,7 +155,7 @@ def test_evaluate_anchor_and_learned_codec_bpp_from_real_bytes(dataset, networks
 
 
 def test_reference_accuracy_on_originals(dataset, networks):
-    from icmlib.tasks.networks import evaluate_task
+    from icmlib.tasks import evaluate_task
 
     ref = ev.reference_accuracy(("detection", "instance"), dataset, preset=PRESET,
                                 networks=networks)
@@ -343,7 +343,7 @@ def test_cli_evaluate(tmp_path, monkeypatch, networks, capsys):
 def test_task_networks_follow_icm_cache_force_and_device(tmp_path, monkeypatch):
     """The per-process memo of loaded networks is per cache folder, ``force`` retrains
     (and replaces the memo), and the networks sit on the evaluation device."""
-    import icmlib.tasks.networks
+    import icmlib.tasks
 
     calls = []
 
@@ -351,7 +351,7 @@ def test_task_networks_follow_icm_cache_force_and_device(tmp_path, monkeypatch):
         calls.append(force)
         return torch.nn.Linear(2, 2)
 
-    monkeypatch.setattr(icmlib.tasks.networks, "task_network", fake_task_network)
+    monkeypatch.setattr(icmlib.tasks, "task_network", fake_task_network)
     monkeypatch.setenv("ICM_CACHE", str(tmp_path / "a"))
     a = ev.task_networks(["detection"], "ci")["detection"]
     assert ev.task_networks(["detection"], "ci")["detection"] is a and calls == [False]

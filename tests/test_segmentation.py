@@ -1,11 +1,12 @@
-"""Unit tests of icmlib.segmentation.layers / seg_models / seg_train: layers, metrics, data prep, training."""
+"""Unit tests of icmlib.segmentation: layers, metrics, data prep, models, training, cost, transfer."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from icmlib.segmentation import train as seg_train
-from icmlib.segmentation.layers import (FCN, JointAugment, PatchClassifier, PatchDiscriminator, UNet,
+import icmlib.segmentation as seg
+from icmlib.presets import get_preset
+from icmlib.segmentation import (FCN, JointAugment, PatchClassifier, PatchDiscriminator, UNet,
                                  VAESegmenter, bed_of_nails_unpool, boundary_f1, confusion_matrix,
                                  dice_loss, dice_score, mask_boundary, max_pool_with_indices,
                                  max_unpool, mean_pixel_accuracy, miou, nearest_unpool, normalize,
@@ -218,7 +219,7 @@ def test_patch_classifier_dense_equals_sliding_window():
     torch.manual_seed(0)
     model = PatchClassifier(3, 4, width=6, patch_size=7).eval()
     images = torch.rand(2, 3, 12, 10)
-    slide = seg_train.sliding_window_predict(model, images, windows_per_batch=37)
+    slide = seg.sliding_window_predict(model, images, windows_per_batch=37)
     with torch.no_grad():
         dense = model.dense(images)
     assert dense.shape == (2, 4, 12, 10)
@@ -243,8 +244,8 @@ def test_a_few_unet_steps_lower_the_loss(loss):
     model.eval()
     with torch.no_grad():
         before = F.cross_entropy(model(data[0]), data[1]).item()
-    result = seg_train.train_segmenter(model, data, data, steps=25, batch_size=4, loss=loss,
-                                       lr=1e-2, val_every=5, progress=False)
+    result = seg.train_segmenter(model, data, data, steps=25, batch_size=4, loss=loss,
+                                 lr=1e-2, val_every=5, progress=False)
     with torch.no_grad():
         after = F.cross_entropy(model(data[0]), data[1]).item()
     assert after < before
@@ -255,27 +256,27 @@ def test_a_few_unet_steps_lower_the_loss(loss):
 def test_training_options_and_errors():
     data = toy_batch(4, 16)
     model = UNet(3, 3, width=4, depth=1)
-    r = seg_train.train_segmenter(model, data, data, steps=6, batch_size=2, optimizer="sgd",
-                                  schedule="step", clip_norm=0.5, val_every=1, patience=1,
-                                  progress=False, augment=JointAugment(max_rotation=5))
+    r = seg.train_segmenter(model, data, data, steps=6, batch_size=2, optimizer="sgd",
+                            schedule="step", clip_norm=0.5, val_every=1, patience=1,
+                            progress=False, augment=JointAugment(max_rotation=5))
     assert r["steps_run"] <= 6 and all(h["grad_norm"] >= 0 for h in r["history"])
     with pytest.raises(ValueError, match="optimizer"):
-        seg_train.train_segmenter(model, data, steps=1, optimizer="rmsprop", progress=False)
+        seg.train_segmenter(model, data, steps=1, optimizer="rmsprop", progress=False)
     with pytest.raises(ValueError, match="loss"):
-        seg_train.train_segmenter(model, data, steps=1, loss="focal", progress=False)
+        seg.train_segmenter(model, data, steps=1, loss="focal", progress=False)
 
 
 def test_frozen_regime_keeps_encoder_and_its_statistics():
     data = toy_batch(4, 16)
     source = UNet(3, 2, 4, 2)
-    model = seg_train.transfer_model("frozen", 3, seg_train.get_preset("ci", seg_width=4, seg_depth=2),
-                                     source.state_dict())
+    model = seg.transfer_model("frozen", 3, get_preset("ci", seg_width=4, seg_depth=2),
+                               source.state_dict())
     enc_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     assert all(torch.equal(enc_before[k], source.encoder.state_dict()[k]) for k in enc_before)
-    seg_train.train_segmenter(model, data, steps=3, batch_size=2, progress=False)
+    seg.train_segmenter(model, data, steps=3, batch_size=2, progress=False)
     for k, v in model.encoder.state_dict().items():
         assert torch.equal(v, enc_before[k]), k             # weights *and* BN running stats
-    last = seg_train.set_trainable(UNet(3, 3, 4, 2), "last")
+    last = seg.set_trainable(UNet(3, 3, 4, 2), "last")
     assert not any(p.requires_grad for p in last.encoder_stages[0].parameters())
     assert all(p.requires_grad for p in last.encoder_stages[-1].parameters())
 
@@ -284,24 +285,24 @@ def test_cgan_and_vae_losses_train():
     torch.manual_seed(0)
     data = toy_batch(4, 16)
     gen = UNet(3, 3, 4, 2)
-    adv = seg_train.AdversarialSegLoss(PatchDiscriminator(3, 3, 4))
-    r = seg_train.train_segmenter(gen, data, steps=3, batch_size=2, loss=adv, progress=False)
+    adv = seg.AdversarialSegLoss(PatchDiscriminator(3, 3, 4))
+    r = seg.train_segmenter(gen, data, steps=3, batch_size=2, loss=adv, progress=False)
     assert {"ce", "adv", "d_loss"} <= set(r["history"][-1])
     vae = VAESegmenter(3, 3, 4, 2, 2)
-    r = seg_train.train_segmenter(vae, data, data, steps=3, batch_size=2,
-                                  loss=seg_train.vae_loss(), progress=False, val_every=3)
+    r = seg.train_segmenter(vae, data, data, steps=3, batch_size=2,
+                            loss=seg.vae_loss(), progress=False, val_every=3)
     assert r["history"][-1]["kl"] >= 0
 
 
 def test_cost_measurements():
-    table = seg_train.compare_resolution_cost(3, image_size=32, batch_size=1, width=4, depth=2,
-                                              full_res_layers=(3,))
+    table = seg.compare_resolution_cost(3, image_size=32, batch_size=1, width=4, depth=2,
+                                        full_res_layers=(3,))
     rf = table["receptive field (px)"]
     assert rf.iloc[0] == 7                          # 3 layers of 3x3 at full resolution
     assert rf.iloc[1] > rf.iloc[0]                  # downsampling sees further
     assert (table["activations (MiB, counted)"] > 0).all()
     model = PatchClassifier(3, 3, width=4, patch_size=5)
-    cost, diff = seg_train.compare_inference_cost(model, torch.rand(1, 3, 16, 16))
+    cost, diff = seg.compare_inference_cost(model, torch.rand(1, 3, 16, 16))
     assert diff < 1e-5
     assert cost.loc["sliding window", "conv positions/image"] > cost.loc["fully convolutional",
                                                                         "conv positions/image"]
@@ -309,31 +310,32 @@ def test_cost_measurements():
 
 def test_imagenet_backbone_error_is_clear():
     with pytest.raises(ValueError, match="unknown torchvision model"):
-        seg_train.imagenet_backbone("not_a_model")
-    net = seg_train.imagenet_segmenter("resnet18", 3, pretrained=False, width=8)
+        seg.imagenet_backbone("not_a_model")
+    net = seg.imagenet_segmenter("resnet18", 3, pretrained=False, width=8)
     assert net(torch.rand(1, 3, 40, 40)).shape == (1, 3, 40, 40)
 
 
 @pytest.mark.slow       # generates a small synthetic world first (a few seconds)
 def test_segmenter_for_trains_once_then_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("ICM_CACHE", str(tmp_path))
-    preset = seg_train.get_preset("ci", seg_steps=2, seg_val_every=1, seg_width=4, seg_depth=2)
-    model, record = seg_train.segmenter_for("unet", preset, progress=False)
+    preset = get_preset("ci", seg_steps=2, seg_val_every=1, seg_width=4, seg_depth=2)
+    model, record = seg.segmenter_for("unet", preset, progress=False)
     assert record["steps_run"] == 2 and set(record["val"]) >= {"miou", "boundary_f1"}
-    images, masks = seg_train.segmentation_data(preset, "val")
+    images, masks = seg.segmentation_data(preset, "val")
     assert images.shape[-2:] == masks.shape[-2:] == (preset.seg_image_size,) * 2
-    again, record2 = seg_train.segmenter_for("unet", preset, progress=False)
+    again, record2 = seg.segmenter_for("unet", preset, progress=False)
     assert record2["train_seconds"] == record["train_seconds"]          # loaded, not retrained
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k])
     with pytest.raises(ValueError, match="unknown segmenter"):
-        seg_train.segmenter_for("deeplab", preset)
+        seg.segmenter_for("deeplab", preset)
 
 
 def test_segmenter_cache_key_follows_the_world_generator_version(monkeypatch):
     """A new world generator (WORLD_VERSION) draws other images: every cached segmenter
     must then be retrained, so the version is part of each segmenter's key."""
-    import icmlib.data.world
+    import icmlib.data
+    import icmlib.segmentation.train as seg_train   # where segmenter_for looks train_or_load up
 
     keys = []
 
@@ -346,7 +348,7 @@ def test_segmenter_cache_key_follows_the_world_generator_version(monkeypatch):
 
     monkeypatch.setattr(seg_train, "train_or_load", capture)
     for version in ("1", "2"):
-        monkeypatch.setattr(icmlib.data.world, "WORLD_VERSION", version)
+        monkeypatch.setattr(icmlib.data, "WORLD_VERSION", version)
         with pytest.raises(Stop):
             seg_train.segmenter_for("fcn", "ci", progress=False)
     assert keys[0] != keys[1] and keys[1]["world_version"] == "2"

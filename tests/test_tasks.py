@@ -1,11 +1,11 @@
-"""Tests of icmlib.tasks.networks: the small task networks, the frozen-task wrapper, training and
+"""Tests of icmlib.tasks: the small task networks, the frozen-task wrapper, training and
 evaluation (ci preset), and the clear error when pretrained weights cannot be fetched."""
 import urllib.error
 
 import pytest
 import torch
 
-from icmlib.tasks import networks as tasks
+from icmlib import tasks
 from icmlib.data import NUM_CLASSES, collate, dataset_for, stack_images
 from icmlib.presets import get_preset
 
@@ -97,6 +97,18 @@ def test_gradient_reaches_the_input_image(task, preset, batch):
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
 
 
+def test_frozen_task_losses_are_the_shared_loss_code(preset, batch):
+    """FrozenTask.losses is task_losses in the loss mode: the same numbers on the same network."""
+    torch.manual_seed(0)
+    model = tasks.build_task_network("semantic", preset).eval()
+    images, targets = batch
+    frozen = tasks.FrozenTask(model, "semantic")
+    assert torch.equal(frozen.losses(images, targets)["loss_ce"],
+                       tasks.task_losses(model, "semantic", list(images), targets)["loss_ce"])
+    with pytest.raises(ValueError, match="2 images but 1 targets"):
+        tasks.task_losses(model, "semantic", list(images), targets[:1])
+
+
 def test_frozen_task_clear_errors(preset, batch):
     frozen = tasks.FrozenTask(tasks.build_task_network("instance", preset), "instance")
     images, targets = batch
@@ -135,8 +147,18 @@ def test_pretrained_weights_offline_give_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_train_task_and_train_or_load(preset, tmp_path, monkeypatch):
+    import icmlib.tasks.train
+
     monkeypatch.setenv("ICM_CACHE", str(tmp_path))
+    calls = []
+
+    def spy(model, task, images, targets):   # training uses the frozen task's loss code
+        calls.append(model.training)
+        return tasks.task_losses(model, task, images, targets)
+
+    monkeypatch.setattr(icmlib.tasks.train, "task_losses", spy)
     result = tasks.train_task("detection", preset, progress=False, steps=6, eval_every=3)
+    assert calls == [True] * 6
     assert set(result) == {"state_dict", "config", "metrics", "history"}
     m = result["metrics"]
     assert 0.0 <= m["bbox_map"] <= 1.0 and m["score"] == m["bbox_map"]

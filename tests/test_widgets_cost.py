@@ -5,7 +5,7 @@ import torch
 from icmlib.evaluation.anchors import JPEG
 from icmlib.cost import codec_step_cost, seconds_at
 from icmlib.data import dataset_for
-from icmlib.tasks.networks import build_task_network
+from icmlib.tasks import build_task_network
 from icmlib.widgets import Explorer
 
 

@@ -17,7 +17,7 @@
 * ``L_task`` — the frozen task network's *own training loss* on the decoded images,
   e.g. for Faster R-CNN the sum of the RPN objectness/box losses and the ROI head's
   classification/box losses. The task network's weights are frozen; the gradient flows
-  through it into x̂ and on into the codec (``icmlib.tasks.networks.FrozenTask.losses``).
+  through it into x̂ and on into the codec (``icmlib.tasks.FrozenTask.losses``).
 
 Every function returns tensors that keep their graph, so the trainer can weight and
 backpropagate them, and ``loss_terms`` returns every term separately so the log can show

@@ -126,13 +126,13 @@ def evaluation_device(preset=None) -> torch.device:
 
 def task_networks(tasks: Iterable[str] = DEFAULT_TASKS, preset=None, *,
                   force: bool = False) -> Dict[str, torch.nn.Module]:
-    """The frozen task networks for ``tasks`` (train-or-load through ``icmlib.tasks.networks``), on
+    """The frozen task networks for ``tasks`` (train-or-load through ``icmlib.tasks``), on
     :func:`evaluation_device`, loaded once per process and cache folder (``$ICM_CACHE``)
     and reused by every evaluation. ``force=True`` retrains them and replaces the
     loaded ones."""
     from icmlib.cache import cache_root, config_key
     from icmlib.presets import get_preset
-    from icmlib.tasks.networks import task_network
+    from icmlib.tasks import task_network
 
     preset = get_preset(preset)
     device = evaluation_device(preset)
@@ -194,7 +194,7 @@ def task_accuracy(networks: Mapping[str, torch.nn.Module], dataset,
                   images: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, float]:
     """Every task network's accuracy on ``images`` (default: the dataset's originals;
     a list, or a lazy :class:`CodedImages`)."""
-    from icmlib.tasks.networks import evaluate_task
+    from icmlib.tasks import evaluate_task
 
     out: Dict[str, float] = {}
     for task, net in networks.items():
@@ -277,7 +277,7 @@ class CodedImages(_abc.Sequence):
 
     ``coded[i]`` encodes image ``i`` to bytes the first time it is asked for (recording
     its byte count, PSNR, MS-SSIM and timings), and returns the decoded [3, H, W] image.
-    The task networks read it like a list (``icmlib.tasks.networks.evaluate_task(images=coded)``),
+    The task networks read it like a list (``icmlib.tasks.evaluate_task(images=coded)``),
     so the decoded set never has to fit in memory at once: for large sets (more than
     ``keep`` images) only the bytes are kept and a second task decodes them again.
     """

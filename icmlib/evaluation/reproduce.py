@@ -3,7 +3,7 @@
 One call trains (or loads) everything and measures it:
 
 1. **task networks** — Faster R-CNN (detection) and Mask R-CNN (instance segmentation),
-   through ``icmlib.tasks.networks.task_network`` (train-or-load; COCO-pretrained on ``gpu``);
+   through ``icmlib.tasks.task_network`` (train-or-load; COCO-pretrained on ``gpu``);
 2. **codecs** at every rate point λ of ``preset.rd_lambdas`` (shipped, or trained):
 
    * the **MSE baseline** (the human-vision codec: same network, ``w_task = 0``);

@@ -240,7 +240,7 @@ class TorchvisionUNet(_HasEncoder, nn.Module):
     with one dummy forward pass), and a decoder stage per resolution upsamples, concatenates
     the backbone features of that resolution and mixes them with a conv block. Images are
     expected normalised with the ImageNet mean and std (see
-    :func:`icmlib.segmentation.layers.normalize`).
+    :func:`icmlib.segmentation.normalize`).
     """
 
     def __init__(self, backbone: nn.Module, name: str, num_classes: int, width: int = 32):

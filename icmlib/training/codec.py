@@ -24,7 +24,7 @@ Around it:
 * **validation** every ``preset.val_every`` steps (``icm_val_every`` for ICM codecs) on
   ``preset.train_val_images`` val images: bpp from the *real* rANS bytes (after
   ``update()``) next to the likelihood estimate, PSNR, and the task metric (COCO mAP / mIoU through
-  ``icmlib.tasks.networks.evaluate_task`` on the decoded images) → ``val_log.csv``.
+  ``icmlib.tasks.evaluate_task`` on the decoded images) → ``val_log.csv``.
 * **checkpoints** every ``preset.checkpoint_every`` steps, written atomically, holding
   the model, both optimizers, the schedulers, the AMP scaler, the weighting strategy's
   state, the step and every random state (torch, CUDA, numpy, python, the dataset's crop
@@ -348,7 +348,7 @@ def validate_codec(net: ICMCodec, dataset, num_images: int, frozen_task=None,
     Returns ``bpp`` (from the real rANS bytes of both streams), ``bpp_estimate`` (the
     likelihood estimate of the rounded latents, for comparison), ``psnr`` (of the
     decoded image rounded to 8 bits) and, with a task, ``task_<metric>`` from
-    ``icmlib.tasks.networks.evaluate_task`` on the decoded images (``task_score`` is the task's
+    ``icmlib.tasks.evaluate_task`` on the decoded images (``task_score`` is the task's
     headline number: bbox mAP, segm mAP or mIoU). The caller must have run
     ``net.update()``.
     """
@@ -372,7 +372,7 @@ def validate_codec(net: ICMCodec, dataset, num_images: int, frozen_task=None,
     out = {"bpp": bits / pixels, "bpp_estimate": est_bits / pixels,
            "psnr": float(np.mean(psnrs))}
     if frozen_task is not None:
-        from icmlib.tasks.networks import evaluate_task
+        from icmlib.tasks import evaluate_task
 
         metrics = evaluate_task(frozen_task, task, dataset, images=decoded, max_images=n)
         out.update({f"task_{k}": float(v) for k, v in metrics.items()})
@@ -518,7 +518,7 @@ def train_codec(preset: Union[Preset, str, None] = None, task: Optional[str] = N
     Args:
         preset: a ``Preset`` or its name (default ``$ICM_PRESET``).
         task: ``None`` for the MSE codec, else ``"detection"``, ``"instance"`` or
-            ``"semantic"``: the frozen task network (``icmlib.tasks.networks.task_network``) whose
+            ``"semantic"``: the frozen task network (``icmlib.tasks.task_network``) whose
             loss enters eq. 3.
         strategy: ``"mse"`` (baseline, no task), ``"fixed"``, ``"dynamic"`` or ``"auto"``
             (see ``icmlib.training.weighting``).
@@ -554,7 +554,7 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     if task is not None:
-        from icmlib.tasks.networks import TASKS
+        from icmlib.tasks import TASKS
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose one of {TASKS} (or none for the "
                              f"MSE codec)")
@@ -599,7 +599,7 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
     net.train()  # under autocast its entropy models still run in float32 (ICMCodec.forward)
     frozen = None
     if task is not None:
-        from icmlib.tasks.networks import FrozenTask, task_network
+        from icmlib.tasks import FrozenTask, task_network
         frozen = FrozenTask(task_network(task, preset, progress=progress and is_main), task).to(device)
     main_opt, aux_opt = configure_optimizers(net, preset)
     milestones = _milestone(preset, steps)
@@ -892,7 +892,7 @@ def _codec_config(preset: Preset, task, strategy, rate_index, steps) -> Dict[str
     cfg = _run_config(preset, task, strategy, rate_index, lmbda, steps, preset.train_seed, init,
                       _world_size())
     if task is not None:
-        from icmlib.tasks.networks import task_config
+        from icmlib.tasks import task_config
         cfg["task_network"] = task_config(task, preset)
     if preset.dataset == "synthetic":
         cfg["world_train"] = world_config(preset, "train")
