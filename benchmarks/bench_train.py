@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_train.py [--presets ci cpu] [--steps 6] [--threads 1 2]
 
-Runs the real training loop (``icmlib.training.codec.train_codec``: data, forward, loss, backward,
+Runs the real training loop (``icmlib.training.train_codec``: data, forward, loss, backward,
 clipping, both optimizers) for a few steps per configuration, drops the first two
 (warm-up), and reports the median wall-clock and CPU (process) seconds per step. The task
 networks are built *untrained* (``build_task_network``) so the benchmark does not first
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def bench_one(preset_name: str, task, threads: int, steps: int) -> dict:
     import icmlib.tasks as tasks
     from icmlib.presets import get_preset
-    from icmlib.training.codec import train_codec
+    from icmlib.training import train_codec
 
     torch.set_num_threads(threads)
     preset = get_preset(preset_name, val_every=10 ** 9, checkpoint_every=10 ** 9,

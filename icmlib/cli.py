@@ -269,7 +269,7 @@ def _add_train_command(sub) -> None:
 
 def _cmd_train(args) -> int:
     from icmlib.presets import get_preset
-    from icmlib.training.codec import TrainingDiverged, resolve_rate, train_codec
+    from icmlib.training import TrainingDiverged, resolve_rate, train_codec
 
     try:
         preset = get_preset(args.preset)

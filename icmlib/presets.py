@@ -39,7 +39,7 @@ class Preset:
     codec_blocks: int = 0               # extra residual blocks per stage
     crop_size: int = 64                 # training crops
     batch_size: int = 8
-    # How every codec is trained (icmlib.training.codec.codec_for, the book and `icm reproduce`):
+    # How every codec is trained (icmlib.training.codec_for, the book and `icm reproduce`):
     # the MSE codec at rate point ``codec_base_rate`` from scratch (codec_steps); the MSE
     # codecs at the other rates fine-tuned from it (codec_finetune_steps); every ICM codec
     # fine-tuned from the MSE codec of its rate (icm_steps). codec_base_rate = -1: every
@@ -110,7 +110,7 @@ class Preset:
     seg_gan_steps: int = 300            # cGAN / VAE segmenters
     seg_latent_dim: int = 6             # VAE segmenter latent size
 
-    # --- codec training (icmlib.training.codec, icmlib.training.weighting) -----------------------------
+    # --- codec training (icmlib.training, icmlib.training.weighting) -----------------------------
     train_seed: int = 0                 # seeds codec init, batches, crops and noise
     checkpoint_every: int = 250         # steps between resumable checkpoints
     train_val_images: int = 16          # val images coded for real at each validation

@@ -32,7 +32,7 @@ def test_every_preset_holds_what_the_code_relies_on(name):
     """Not the table restated, but what breaks when it is edited carelessly: rate points
     ordered from low to high rate (curves, BD-rate), a base rate that exists (the recipe),
     a synthetic world with room for a batch, a crop the world's images can give."""
-    from icmlib.training.codec import codec_parent
+    from icmlib.training import codec_parent
 
     p = PRESETS[name]
     assert list(p.rd_lambdas) == sorted(set(p.rd_lambdas)), p.rd_lambdas

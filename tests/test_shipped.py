@@ -9,7 +9,7 @@ from icmlib import ship, shipped
 from icmlib.cache import config_key, train_or_load
 from icmlib.codec.model import decode_image, encode_image
 from icmlib.presets import get_preset
-from icmlib.training.codec import codec_config, codec_for, codec_run
+from icmlib.training import codec_config, codec_for, codec_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

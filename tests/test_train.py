@@ -9,8 +9,8 @@ import torch
 from icmlib.codec import losses as losses_module
 from icmlib.codec.model import load_codec
 from icmlib.presets import get_preset
-from icmlib.training.codec import (TrainingDiverged, codec_for, read_log, resolve_rate, train_codec)
-from icmlib.training.weighting import Dynamic
+from icmlib.training import (Dynamic, TrainingDiverged, codec_for, read_log, resolve_rate,
+                             train_codec)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,7 +27,7 @@ def _no_time(rows):
 def test_codec_key_covers_loader_workers_and_processes(monkeypatch):
     """Workers draw other crops, more processes other batches: other weights, other keys.
     Added only when not 0 workers / 1 process, so the codecs trained before keep theirs."""
-    from icmlib.training.codec import codec_config
+    from icmlib.training import codec_config
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     base = codec_config(ci(), None, "mse", 1)
@@ -208,7 +208,8 @@ def test_codec_for_trains_once_then_loads(capsys):
 def test_codec_recipe_fine_tunes_from_the_base_codec():
     """MSE codecs at other rates start from the base-rate codec, ICM codecs from the MSE
     codec of their rate (codec_parent), with the preset's step counts."""
-    from icmlib.training.codec import _state_hash, codec_parent, codec_run
+    from icmlib.training import codec_parent, codec_run
+    from icmlib.training.start import _state_hash
 
     p = ci(codec_steps=4, codec_finetune_steps=3, icm_steps=2, codec_base_rate=1,
            checkpoint_every=4, val_every=100, icm_val_every=1)
@@ -239,7 +240,7 @@ def test_variable_rate_recipe_one_codec_serves_every_rate(tmp_path, monkeypatch)
     import math
 
     from icmlib.codec.model import AtRate
-    from icmlib.training.codec import codec_config, codec_parent, codec_run
+    from icmlib.training import codec_config, codec_parent, codec_run
 
     p = ci(variable_rate=True, codec_steps=4, codec_finetune_steps=4, icm_steps=4,
            codec_base_rate=1, checkpoint_every=4, val_every=4, icm_val_every=4)
@@ -284,7 +285,7 @@ def test_training_works_when_called_under_no_grad(tmp_path, monkeypatch):
     """A LearnedCodec loads (and so may train) its networks lazily, inside an evaluator's
     torch.no_grad(): training must switch gradients on for itself."""
     monkeypatch.setenv("ICM_CACHE", str(tmp_path))
-    from icmlib.training.codec import train_codec
+    from icmlib.training import train_codec
 
     with torch.no_grad():
         ckpt = train_codec("ci", strategy="mse", steps=3, out_dir=tmp_path / "run", progress=False)
@@ -323,7 +324,7 @@ def test_resume_after_a_real_sigkill(tmp_path):
 
     p, steps, cut = ci(checkpoint_every=3, val_every=100), 24, tmp_path / "cut"
     script = ("import torch; torch.set_num_threads(1)\n"
-              "from icmlib.presets import get_preset\nfrom icmlib.training.codec import train_codec\n"
+              "from icmlib.presets import get_preset\nfrom icmlib.training import train_codec\n"
               f"train_codec(get_preset('ci', checkpoint_every=3, val_every=100), steps={steps}, "
               f"out_dir={str(cut)!r}, progress=False)\n")
     child = subprocess.Popen([sys.executable, "-c", script])
@@ -351,11 +352,11 @@ def test_training_with_loader_workers(tmp_path):
     """num_workers > 0: the run trains, its crops are reproducible from the seed, and the
     caller's dataset keeps its own seed (the loader used to overwrite it)."""
     from icmlib.data import dataset_for
-    from icmlib.training.codec import _Batches
+    from icmlib.training.batches import Batches
 
     p = ci(num_workers=2, val_every=100)
     ds = dataset_for(p, "train", train=True, seed=7)
-    batches = [next(_Batches(ds, 4, 0, 0, 1, 2).from_step(s))[0] for s in (0, 0, 5)]
+    batches = [next(Batches(ds, 4, 0, 0, 1, 2).from_step(s))[0] for s in (0, 0, 5)]
     assert ds.seed == 7
     assert torch.equal(batches[0], batches[1]) and not torch.equal(batches[0], batches[2])
     out = train_codec(p, steps=4, out_dir=tmp_path, progress=False)

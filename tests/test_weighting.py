@@ -4,8 +4,8 @@ import math
 import pytest
 
 from icmlib.presets import get_preset
-from icmlib.training.weighting import (STRATEGIES, Dynamic, Fixed, Magnitude, fixed_weights,
-                              make_strategy)
+from icmlib.training import (STRATEGIES, Dynamic, Fixed, Magnitude, fixed_weights,
+                             make_strategy)
 
 LAM, TAU, MU = 0.01, 100.0, 0.1
 
@@ -119,7 +119,7 @@ def test_make_strategy_names_and_errors():
 
 
 def test_schedule_helper_does_not_advance_the_strategy():
-    from icmlib.training.weighting import schedule
+    from icmlib.training import schedule
 
     s = Magnitude(LAM, True, TAU, MU, calib_steps=2)
     sch = schedule(s, 5, [{"rate": 1.0, "mse": 10.0 * (k + 1), "task": 1.0} for k in range(5)])

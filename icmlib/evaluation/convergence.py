@@ -29,7 +29,7 @@ STUDY_TASK, STUDY_STRATEGY = "detection", "dynamic"
 
 def study_runs(preset: Preset, progress: bool = True) -> Dict[str, Dict[str, Any]]:
     """The checkpoint dicts (with logs) of the runs the study reads, trained if missing."""
-    from icmlib.training.codec import codec_run
+    from icmlib.training import codec_run
 
     base = preset.replace(variable_rate=False)
     runs = {"MSE base (one rate, from scratch)":

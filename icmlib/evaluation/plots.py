@@ -202,7 +202,7 @@ def plot_weighting_comparison(results, task="detection", rate_index=None, axes=N
 
 
 # ======================================================================================
-# Training figures (icmlib.training.codec): drawn from the CSV logs every training run writes.
+# Training figures (icmlib.training): drawn from the CSV logs every training run writes.
 # ======================================================================================
 #: colours of the loss-weighting strategies in training figures (same as RD_STYLES)
 STRATEGY_COLORS = {"mse": "tab:blue", "fixed": "tab:orange", "dynamic": "tab:red",
@@ -230,7 +230,7 @@ def _as_logs(run):
     from pathlib import Path
 
     if isinstance(run, (str, Path)):
-        from icmlib.training.codec import TRAIN_LOG, VAL_LOG, read_log
+        from icmlib.training import TRAIN_LOG, VAL_LOG, read_log
 
         return {"train": read_log(Path(run) / TRAIN_LOG), "val": read_log(Path(run) / VAL_LOG)}
     if hasattr(run, "logs"):

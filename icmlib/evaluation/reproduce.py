@@ -38,7 +38,7 @@ Training is decoupled from reading: the reproduction's task networks and codecs 
 trained once, to where the convergence study (:mod:`icmlib.evaluation.convergence`) says they stop
 improving, and **shipped** with the package (:mod:`icmlib.shipped`, sha256-verified). A
 run of ``icm reproduce`` loads them and only evaluates; ``--retrain`` trains everything
-again with the same recipe. The recipe (:func:`icmlib.training.codec.codec_parent`) **fine-tunes**:
+again with the same recipe. The recipe (:func:`icmlib.training.recipe.codec_parent`) **fine-tunes**:
 
 * the MSE codec at rate point ``preset.codec_base_rate`` is trained from scratch for
   ``codec_steps`` steps;
@@ -123,7 +123,7 @@ def train_codecs(preset: Union[Preset, str, None] = None, tasks: Sequence[str] =
 
 def _by_rate(preset: Preset, task, strategy, progress) -> Dict[int, Dict[str, Any]]:
     """``{rate index: checkpoint dict}``; a variable-rate codec is one checkpoint for all."""
-    from icmlib.training.codec import codec_run
+    from icmlib.training import codec_run
 
     rates = range(len(preset.rd_lambdas))
     if preset.variable_rate:
@@ -156,7 +156,7 @@ def _downsample(rows: List[Dict[str, float]], keep: int = 200) -> List[Dict[str,
 def training_logs(codecs: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, Any]]:
     """Per ICM run: its validation log (bpp, PSNR, task score over steps) and a thinned
     training log (loss terms and weights over steps), for the weighting comparison."""
-    from icmlib.training.codec import logs_at_rate
+    from icmlib.training import logs_at_rate
 
     keep_train = ("step", "loss", "rate", "mse", "task", "w_rate", "w_mse", "w_task", "psnr")
     runs = []
@@ -268,7 +268,7 @@ def _reproduce(preset, out, progress, command, force_evaluation) -> Dict[str, An
 
     from icmlib.evaluation.anchors import AnchorUnavailable
     from icmlib.codec.model import fingerprint
-    from icmlib.training.codec import codec_at_rate
+    from icmlib.training import codec_at_rate
     from icmlib.data import dataset_for
     from icmlib.evaluation.evaluate import (cached_evaluation, dataset_info, evaluate_codec,
                                  evaluation_key, learned_codec, reference_accuracy, subset,

@@ -1,1 +1,37 @@
-"""Training the codec: the loop, its state and resume, distributed training, recipes per rate, loss weighting strategies."""
+"""Training codecs: the recipe, the codec's train step on :mod:`icmlib.engine`'s loop,
+validation, and the loss-weighting strategies that make a codec an ICM codec.
+
+============== =========================================================================
+``run``        :func:`codec_for` / :func:`codec_run`: train-or-load a codec by the recipe
+``recipe``     which codec serves a rate, what it is fine-tuned from, its cache key
+``codec``      :func:`train_codec`: one codec's run, its train step and validation hook
+``start``      a run's first weights (random or ``init_from``) and its two optimizers
+``batches``    training batches addressed by step, so a resumed run gets them again
+``validation`` :func:`validate_codec`: real bytes, the likelihood estimate, PSNR, the task
+``weighting``  the strategies that weigh rate, MSE and task: fixed, dynamic, automatic
+============== =========================================================================
+"""
+from icmlib.engine import TrainingDiverged, read_log
+from icmlib.training.codec import (CHECKPOINT_NAME, CODEC_NAME, TRAIN_LOG, VAL_LOG,
+                                   CodecTraining, train_codec)
+from icmlib.training.recipe import (ALL_RATES, TRAIN_VERSION, codec_config, codec_parent,
+                                    default_steps, recipe_rate, resolve_rate)
+from icmlib.training.run import codec_at_rate, codec_for, codec_run, logs_at_rate
+from icmlib.training.start import configure_optimizers
+from icmlib.training.validation import validate_codec
+from icmlib.training.weighting import (STRATEGIES, Dynamic, Fixed, Magnitude, PerRate,
+                                       WeightingStrategy, fixed_weights, make_strategy,
+                                       rate_at, schedule)
+
+__all__ = [
+    # train-or-load by the recipe
+    "codec_for", "codec_run", "codec_at_rate", "logs_at_rate",
+    "codec_config", "codec_parent", "default_steps", "recipe_rate", "resolve_rate",
+    "ALL_RATES", "TRAIN_VERSION",
+    # one training run
+    "train_codec", "CodecTraining", "TrainingDiverged", "configure_optimizers",
+    "validate_codec", "read_log", "CHECKPOINT_NAME", "CODEC_NAME", "TRAIN_LOG", "VAL_LOG",
+    # loss weighting
+    "STRATEGIES", "WeightingStrategy", "Fixed", "Dynamic", "Magnitude", "PerRate",
+    "fixed_weights", "make_strategy", "rate_at", "schedule",
+]

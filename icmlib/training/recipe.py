@@ -1,0 +1,158 @@
+"""The recipe: which codec serves a request, what it is fine-tuned from, and its cache key.
+
+A codec is named by ``(preset, task, strategy, rate)``. The recipe turns that into a
+training run: the rate's λ (:func:`resolve_rate`), the codec it starts from
+(:func:`codec_parent`: ICM codecs from the MSE codec at their rate, MSE codecs from the
+one at ``preset.codec_base_rate``), its steps (:func:`default_steps`), and every setting
+that changes its weights (:func:`codec_config`): the configuration whose hash is the
+codec's cache key, under which the shipped checkpoints are found. A field added here
+changes every key, so a new setting enters the key only when it differs from what the
+earlier keys assumed.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from icmlib.engine.distributed import world_size
+from icmlib.presets import Preset, get_preset
+
+#: Bump when the training procedure changes, so cached codecs are retrained.
+TRAIN_VERSION = "1"
+
+#: ``rate_index`` of a variable-rate codec: it serves every rate point of the preset
+ALL_RATES = "all"
+
+__all__ = ["TRAIN_VERSION", "ALL_RATES", "resolve_rate", "codec_parent", "default_steps",
+           "recipe_rate", "codec_config"]
+
+Rate = Union[int, float, str]
+
+
+def resolve_rate(preset: Preset, rate: Rate) -> Tuple[Optional[int], float]:
+    """``(rate_index, λ)`` from an index into ``preset.rd_lambdas`` or an explicit λ.
+
+    An int (or a string of digits) is an index; a float (or a string with a ``.`` or an
+    exponent) is λ itself, the weight of the MSE term in ``L = R + λ·255²·MSE``.
+    ``"all"`` (:data:`ALL_RATES`) asks for a variable-rate codec: ``("all", [λ...])``.
+    """
+    if rate == ALL_RATES:
+        return ALL_RATES, [float(l) for l in preset.rd_lambdas]
+    if isinstance(rate, str):
+        text = rate.strip()
+        try:
+            rate = int(text) if text.lstrip("+-").isdigit() else float(text)
+        except ValueError:
+            raise ValueError(f"rate {text!r} is neither an index (0..{len(preset.rd_lambdas) - 1}) "
+                             f"nor a λ value like 0.0067") from None
+    if isinstance(rate, bool):
+        raise ValueError("rate must be an index or a λ value, not a bool")
+    if isinstance(rate, (int, np.integer)):
+        n = len(preset.rd_lambdas)
+        if not 0 <= int(rate) < n:
+            raise ValueError(f"rate index {rate} is out of range: preset {preset.name!r} has "
+                             f"{n} rate points (0..{n - 1}, λ = {list(preset.rd_lambdas)}); "
+                             f"or pass λ itself, e.g. 0.0067")
+        return int(rate), float(preset.rd_lambdas[int(rate)])
+    lmbda = float(rate)
+    if not math.isfinite(lmbda) or lmbda <= 0:
+        raise ValueError(f"λ must be a positive number, got {rate}")
+    return None, lmbda
+
+
+def codec_parent(preset: Union[Preset, str, None] = None, task: Optional[str] = None,
+                 rate_index: Rate = 0) -> Optional[Tuple[None, str, Rate]]:
+    """The codec this one is fine-tuned from, as ``(task, strategy, rate)``, or ``None``.
+
+    The recipe (the preset's fields): an ICM codec starts from the MSE codec at its own
+    rate (``icm_init_from_mse``; for a variable-rate ICM codec, the variable-rate MSE
+    codec); an MSE codec at a rate other than ``codec_base_rate`` -- or the variable-rate
+    MSE codec (rate ``"all"``) -- starts from the one-rate MSE codec at the base rate; the
+    base MSE codec (or every MSE codec when ``codec_base_rate = -1``) starts from random
+    weights.
+    """
+    preset = get_preset(preset)
+    index, lmbda = resolve_rate(preset, rate_index)
+    rate = lmbda if index is None else index
+    if task is not None:
+        return (None, "mse", rate) if preset.icm_init_from_mse else None
+    base = preset.codec_base_rate
+    if base < 0 or index == base:
+        return None
+    if base >= len(preset.rd_lambdas):
+        raise ValueError(f"codec_base_rate={base} but preset {preset.name!r} has "
+                         f"{len(preset.rd_lambdas)} rate points")
+    return (None, "mse", base)
+
+
+def default_steps(preset: Preset, task: Optional[str], parent) -> int:
+    """Training steps of a codec made by the recipe: ICM, MSE fine-tune, or from scratch."""
+    if task is not None:
+        return int(preset.icm_steps)
+    return int(preset.codec_finetune_steps if parent is not None else preset.codec_steps)
+
+
+def recipe_rate(preset: Preset, rate_index: Rate) -> Rate:
+    """Which codec serves a request for ``rate_index``: on a ``variable_rate`` preset, one
+    codec (rate ``"all"``) serves every rate point; an explicit λ is always a codec of its own."""
+    if preset.variable_rate and isinstance(rate_index, (int, np.integer)) and not isinstance(
+            rate_index, bool):
+        return ALL_RATES
+    return rate_index
+
+
+def codec_config(preset: Union[Preset, str, None] = None, task: Optional[str] = None,
+                 strategy: str = "mse", rate_index: Rate = 0,
+                 steps: Optional[int] = None) -> Dict[str, Any]:
+    """Every setting that determines the codec ``codec_for`` returns: its cache key.
+
+    Includes the task network's own configuration (a retrained task network gives other
+    codecs) and the configuration of the codec it is fine-tuned from (:func:`codec_parent`).
+    """
+    preset = get_preset(preset)
+    return _codec_config(preset, task, strategy, recipe_rate(preset, rate_index), steps)
+
+
+def _codec_config(preset: Preset, task, strategy, rate_index, steps) -> Dict[str, Any]:
+    from icmlib.data import world_config
+
+    rate_index, lmbda = resolve_rate(preset, rate_index)
+    parent = codec_parent(preset, task, lmbda if rate_index is None else rate_index)
+    steps = int(steps if steps is not None else default_steps(preset, task, parent))
+    init = None if parent is None else _codec_config(preset, *parent, None)
+    cfg = run_config(preset, task, strategy, rate_index, lmbda, steps, preset.train_seed, init,
+                     world_size())
+    if task is not None:
+        from icmlib.tasks import task_config
+        cfg["task_network"] = task_config(task, preset)
+    if preset.dataset == "synthetic":
+        cfg["world_train"] = world_config(preset, "train")
+    return cfg
+
+
+#: The preset's fields that change a codec's weights (the rest of the key is below).
+_RUN_FIELDS = ("codec_channels", "latent_channels", "codec_blocks", "crop_size", "batch_size",
+               "lr", "aux_lr", "clip_max_norm", "lr_decay_at", "icm_task_weight",
+               "icm_mse_weight", "weighting_warmup", "weighting_ramp_end", "auto_momentum",
+               "amp", "dataset", "image_size", "train_images", "world_seed", "icm_crop_size",
+               "icm_batch_size")
+
+
+def run_config(preset: Preset, task, strategy, rate_index, lmbda: Union[float, List[float]],
+               steps: int, seed: int, init_id, world: int = 1) -> Dict[str, Any]:
+    """What must match for ``resume=True`` to continue a run (and the core of the cache key)."""
+    cfg = {"version": TRAIN_VERSION, "preset": preset.name, "task": task, "strategy": strategy,
+           "rate_index": rate_index, "lambda": lmbda, "steps": int(steps), "seed": int(seed),
+           "init_from": init_id}
+    cfg.update({f: getattr(preset, f) for f in _RUN_FIELDS})
+    # These also change the weights: DataLoader workers draw other crops than the main
+    # process, more processes train on other (and more) batches. They enter the key only
+    # when they differ from what every earlier key assumed (0 workers, 1 process), so the
+    # codecs already trained keep their keys.
+    if preset.num_workers:
+        cfg["num_workers"] = int(preset.num_workers)
+    if world > 1:
+        cfg["world_size"] = int(world)
+    return cfg
