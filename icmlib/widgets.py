@@ -16,10 +16,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from icmlib.evaluation.anchors import Codec, bpp, to_pil
+from icmlib.evaluation.anchors import Codec, to_pil
 from icmlib.data import draw_annotations
 from icmlib.evaluation.evaluate import pil_to_tensor
-from icmlib.metrics import coco_map, predictions_to_coco, psnr
+from icmlib.metrics import bpp, coco_map, predictions_to_coco, psnr
 from icmlib.tasks import FrozenTask
 
 #: predictions below this score are not drawn (all of them count for mAP)
@@ -63,7 +63,7 @@ class Explorer:
             self._cache[key] = {
                 "image": decoded, "target": target, "predictions": pred,
                 "bytes": nbytes,
-                "bpp": None if nbytes is None else bpp(nbytes, image.shape[-1], image.shape[-2]),
+                "bpp": None if nbytes is None else bpp(nbytes, image.shape[-2], image.shape[-1]),
                 "psnr": None if nbytes is None else float(psnr(decoded, image)),
                 "map": self._image_map(pred, int(target["image_id"])),
             }

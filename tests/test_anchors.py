@@ -11,11 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from icmlib.evaluation import anchors
 from icmlib.evaluation.anchors import (AV1, AVIF, HEVC, JPEG, VVC, VVC_TOOLS, AnchorUnavailable, JPEG2000,
-                            LearnedCodec, WebP, available_anchors, bpp, compressai_zoo,
+                            LearnedCodec, WebP, available_anchors, compressai_zoo,
                             compressai_zoo_codec, make_anchor, pack_strings, rd_points,
-                            rgb_to_yuv, to_pil, unpack_strings, vvc_nal_types, yuv_to_rgb)
+                            rgb_to_yuv, to_pil, unpack_strings, yuv_to_rgb)
+from icmlib.evaluation.overheads import vvc_nal_types
+from icmlib.metrics import bpp
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def synthetic_image(width=96, height=72, seed=0) -> np.ndarray:
@@ -43,7 +46,7 @@ def check_curve(codec, image, qualities):
         data, dec = codec.roundtrip(image, q)
         assert isinstance(data, bytes) and len(data) > 0
         assert dec.mode == "RGB" and dec.size == (w, h), f"{codec.name} q={q}: size {dec.size}"
-        rates.append(bpp(data, w, h))
+        rates.append(bpp(data, h, w))
         psnrs.append(psnr(image, dec))
     msg = f"{codec.name}: bpp {np.round(rates, 3)}, PSNR {np.round(psnrs, 2)}"
     assert all(b > a for a, b in zip(rates, rates[1:])), msg
@@ -63,11 +66,9 @@ def skip_unless_available(codec):
 # Helpers
 # --------------------------------------------------------------------------------------
 
-def test_bpp():
-    assert bpp(b"x" * 16, 4, 4) == 8.0
-    assert bpp(32, 8, 4) == 8.0
-    with pytest.raises(ValueError):
-        bpp(b"x", 0, 4)
+def test_rd_points_rate_is_the_real_bytes_over_the_pixels():
+    [point] = rd_points(JPEG(), synthetic_image(40, 24), [50])
+    assert point["bpp"] == 8 * point["bytes"] / (40 * 24) and point["psnr"] > 20
 
 
 def test_to_pil_accepts_arrays_and_tensors():
@@ -289,7 +290,7 @@ def test_vvc_found_in_the_tools_folder(no_vvc, monkeypatch):
     """`make vvc` installs into tools/vvc/bin: found there with no variable set; the
     variables and the arguments still take precedence."""
     assert VVC_TOOLS.endswith(os.path.join("tools", "vvc"))
-    assert Path(VVC_TOOLS).parents[1] == Path(anchors.__file__).resolve().parents[2]  # the repository
+    assert Path(VVC_TOOLS).parents[1] == REPOSITORY
     bin_dir = no_vvc / "bin"
     bin_dir.mkdir()
     enc = _script(bin_dir / "vvencapp", FAKE_VVENC)

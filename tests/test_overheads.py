@@ -14,8 +14,10 @@ import torch
 from PIL import Image
 
 from icmlib.evaluation import overheads as oh
-from icmlib.evaluation.anchors import (AV1, AVIF, HEVC, JPEG, VVC, JPEG2000, LearnedCodec, WebP, _run,
-                            _with_size, find_ffmpeg, yuv_to_rgb)
+from icmlib.evaluation.anchors import (AV1, AVIF, HEVC, JPEG, VVC, JPEG2000, LearnedCodec, WebP,
+                                      find_ffmpeg, yuv_to_rgb)
+from icmlib.evaluation.anchors.base import run_tool
+from icmlib.evaluation.anchors.yuv import with_size
 
 SIZE = 128
 
@@ -56,7 +58,7 @@ def tiles(spans, total):
 # ---- the rule, codec by codec ------------------------------------------------------------------
 def bare_ffmpeg_decode(fmt: str, stream: bytes, w: int, h: int) -> np.ndarray:
     """Decode a bare elementary stream with ffmpeg, no size prefix (even sizes only)."""
-    yuv = _run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-f", fmt, "-i",
+    yuv = run_tool([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-f", fmt, "-i",
                 "pipe:0", "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "yuv420p", "pipe:1"],
                "bare decoder", input=stream)
     return yuv_to_rgb(yuv, w, h)
@@ -95,7 +97,7 @@ def test_counted_bytes_are_what_the_decoder_reads(image, cls, setting):
         assert np.array_equal(bare_ffmpeg_decode(fmt, stream, SIZE, SIZE), decoded)
         assert parts["size_prefix"] == 4 and stream == data[4:]
     else:  # vvc: its decoder binary reads the stream from a file
-        assert np.array_equal(np.asarray(codec._decode(_with_size(SIZE, SIZE, stream))), decoded)
+        assert np.array_equal(np.asarray(codec._decode(with_size(SIZE, SIZE, stream))), decoded)
         assert parts["size_prefix"] == 4
 
 
@@ -241,6 +243,10 @@ def test_vvc_units_of_a_constructed_stream():
                  "container": 0, "metadata": len(parts[-1]), "size_prefix": 4}
     with pytest.raises(ValueError, match="no slice"):
         oh.vvc_spans(b"".join(parts[:4]))
+    # the same parser gives the VVC anchor the unit types it checks its encoder's output for
+    assert oh.vvc_nal_types(stream) == [14, 15, 16, 19, 8, 24]
+    with pytest.raises(ValueError, match="Annex-B"):
+        oh.vvc_nal_types(b"RIFF....not an Annex-B stream")
 
 
 def test_webp_chunks(image):

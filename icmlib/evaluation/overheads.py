@@ -309,6 +309,12 @@ def vvc_nal_type(data: bytes, offset: int) -> int:
     return data[offset + 1] >> 3
 
 
+def vvc_nal_types(stream: bytes) -> List[int]:
+    """NAL unit types of an Annex-B VVC stream, in order (the VVC anchor checks its
+    encoder's output with them); ``ValueError`` if it is not an Annex-B stream."""
+    return [vvc_nal_type(stream, offset) for offset, _, _ in annexb_units(stream)]
+
+
 def _nal_spans(stream: bytes, nal_type: Callable[[bytes, int], int], vcl_below: int,
                sei: Tuple[int, ...]) -> List[Span]:
     units = [(nal_type(stream, off), a, b) for off, a, b in annexb_units(stream)]
