@@ -351,12 +351,11 @@ def _cmd_evaluate(args) -> int:
         raise CLIError("nothing to evaluate: give --anchor NAME and/or --model CKPT")
     if args.images is not None and args.images < 1:
         raise CLIError(f"--images must be at least 1, got {args.images}")
-    from icmlib.evaluation.anchors import make_anchor
     from icmlib.codec.model import load_codec
     from icmlib.data import dataset_for
-    from icmlib.evaluation.evaluate import (EvaluationError, dataset_info, evaluate_codec, learned_codec,
-                                 reference_accuracy, subset, task_networks)
-    from icmlib.evaluation.results import ResultsError, load_results, new_results, save_results
+    from icmlib.evaluation import (EvaluationError, ResultsError, dataset_info, evaluate_codec,
+                                   learned_codec, load_results, make_anchor, new_results,
+                                   reference_accuracy, save_results, subset, task_networks)
 
     codecs = []
     for name in args.anchor:
@@ -426,8 +425,7 @@ def _cmd_evaluate(args) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from icmlib.evaluation import plots
-        from icmlib.evaluation.results import TASK_METRIC
+        from icmlib.evaluation import TASK_METRIC, plots
         for metric in [TASK_METRIC[t] for t in args.tasks] + ["psnr"]:
             fig, ax = plt.subplots(figsize=(7, 4.8))
             plots.plot_rd_curves(results, metric, ax=ax, reference=metric != "psnr")
@@ -456,7 +454,7 @@ def _evaluate_command(args, preset) -> str:
 
 def _cmd_reproduce(args) -> int:
     preset = _preset_from(args)
-    from icmlib.evaluation.reproduce import ReproductionError, reproduce
+    from icmlib.evaluation import ReproductionError, reproduce
 
     command = (f"icm reproduce --preset {preset.name}" + (f" --out {args.out}" if args.out else "")
                + (" --retrain" if args.retrain else ""))

@@ -16,9 +16,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from icmlib.evaluation.anchors import Codec, to_pil
+from icmlib.evaluation import Codec, pil_to_tensor, to_pil
 from icmlib.data import draw_annotations
-from icmlib.evaluation.evaluate import pil_to_tensor
 from icmlib.metrics import bpp, coco_map, predictions_to_coco, psnr
 from icmlib.tasks import FrozenTask
 

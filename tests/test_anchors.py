@@ -310,7 +310,7 @@ def test_vvc_found_in_the_tools_folder(no_vvc, monkeypatch):
 
 def _settings_for(preset_name):
     from icmlib.presets import get_preset
-    from icmlib.evaluation.reproduce import spread
+    from icmlib.evaluation.reproduction import spread
     return spread(VVC.qualities, get_preset(preset_name).repro_anchor_points)
 
 

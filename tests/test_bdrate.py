@@ -5,7 +5,7 @@ import warnings
 import pytest
 
 from icmlib.evaluation.bdrate import (BDRateError, BDRateWarning, bd_map, bd_psnr, bd_quality, bd_rate,
-                           bd_rate_table, frontier, overlap)
+                           bd_rate_pairs, frontier, overlap)
 
 # --------------------------------------------------------------------------------------
 # Test vectors
@@ -195,7 +195,7 @@ def test_unknown_method():
 def test_table_keeps_going_past_a_bad_pair():
     curves = {"vvc": CURVE, "jpeg": [(r * 2, q) for r, q in CURVE],
               "icm": [(r * 0.5, q) for r, q in CURVE], "odd": [(r, q + 100) for r, q in CURVE]}
-    table = bd_rate_table(curves, anchors=["vvc", "jpeg"])
+    table = bd_rate_pairs(curves, anchors=["vvc", "jpeg"])
     assert table[("icm", "vvc")]["bd_rate"] == pytest.approx(-50.0)
     assert table[("icm", "jpeg")]["bd_rate"] == pytest.approx(-75.0)
     assert table[("odd", "vvc")]["bd_rate"] is None and "overlap" in table[("odd", "vvc")]["error"]

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from icmlib.evaluation import evaluate as ev
+from icmlib import evaluation as ev
 from icmlib.evaluation import results as res
-from icmlib.evaluation.anchors import JPEG, LearnedCodec
+from icmlib.evaluation import JPEG, LearnedCodec
 from icmlib.codec.model import ICMCodec
 from icmlib.presets import get_preset
 
@@ -277,16 +277,16 @@ def test_overhead_comparison_at_two_sizes(tiny_codec):
 
 
 def test_summary_states_the_rule_and_shows_both_tables(tmp_path):
-    from icmlib.evaluation import reproduce as rp
+    from icmlib.evaluation import report
 
     results = _fake_results()
     assert "coded bitstream" in results["rate_rule"]
-    md = rp.summary_markdown(results)
+    md = ev.summary_markdown(results)
     assert results["rate_rule"] in md and "The same table on whole files" in md
     old = _fake_results()
     del old["rate_rule"]  # a file written before the split says what its bpp counted
-    assert rp.RATE_RULE_OLD in rp.summary_markdown(old)
-    files = rp.write_outputs(results, tmp_path)
+    assert report.RATE_RULE_OLD in ev.summary_markdown(old)
+    files = ev.write_outputs(results, tmp_path)
     assert files["bd_rate_file_md"].read_text().startswith("| codec (task)")
     assert (tmp_path / "bd_rate_file.csv").is_file()
 

@@ -6,7 +6,8 @@ codecs of a few steps each, and evaluates them and the ci anchors on 4 images).
 """
 import pytest
 
-from icmlib.evaluation import reproduce as rp
+from icmlib import evaluation
+from icmlib.evaluation import reproduction as rp
 from icmlib.evaluation import results as res
 from icmlib.presets import get_preset
 
@@ -31,7 +32,7 @@ def test_equal_quality_rates_interpolates_in_log_rate():
                           codec("c", [(0.01, 10.0), (0.02, 12.0)]),
                           # a non-monotonic point is dropped (running-maximum frontier)
                           codec("d", [(0.1, 20.0), (0.2, 19.0), (0.4, 28.0)])]}
-    out = rp.equal_quality_rates(results, "mse", ["a", "b", "c", "d"])
+    out = evaluation.equal_quality_rates(results, "mse", ["a", "b", "c", "d"])
     assert out["bpp"] == 0.5 and out["quality"] == 24.0
     assert out["anchors"]["a"] == pytest.approx(0.1 * 4 ** (4 / 6))
     assert out["anchors"]["b"].startswith("below its lowest setting")
@@ -55,10 +56,7 @@ def test_reproduce_ci_end_to_end(tmp_path, monkeypatch, capsys):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from icmlib.evaluation import evaluate
-
-    from icmlib.evaluation import plots
-
+    from icmlib.evaluation import accuracy, evaluate, plots
     from icmlib.training import codec as train
     from icmlib.cli import main
 
@@ -78,10 +76,10 @@ def test_reproduce_ci_end_to_end(tmp_path, monkeypatch, capsys):
     n_rates = len(get_preset("ci").rd_lambdas)
     for task in ("detection", "instance"):
         for strategy in ("fixed", "dynamic"):
-            codec = res.find_codec(results, rp.icm_name(task, strategy))
+            codec = res.find_codec(results, evaluation.icm_name(task, strategy))
             assert len(codec["points"]) == n_rates >= 4
             assert codec["task"] == task and codec["strategy"] == strategy
-    assert len(res.find_codec(results, rp.mse_name())["points"]) == n_rates
+    assert len(res.find_codec(results, evaluation.mse_name())["points"]) == n_rates
     assert {"jpeg", "webp"} <= set(names)
     assert "vvc" in results["extra"]["skipped_anchors"]  # skipped with its message
     assert "ICM_VVC_ENCODER" in results["extra"]["skipped_anchors"]["vvc"]
@@ -112,7 +110,7 @@ def test_reproduce_ci_end_to_end(tmp_path, monkeypatch, capsys):
     assert len(ax.get_lines()) >= 4
     plots.plot_weighting_comparison(out / "results.json", "detection")
     plt.close("all")
-    table = rp.paper_table(results)
+    table = evaluation.paper_table(results)
     assert table.shape[0] == 2 * 3  # per task: MSE baseline + 2 ICM codecs
 
     # resumable: a second run reuses every codec and every evaluation
@@ -121,7 +119,7 @@ def test_reproduce_ci_end_to_end(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(train, "train_codec", fail)
     monkeypatch.setattr(evaluate, "evaluate_codec", fail)
-    monkeypatch.setattr(evaluate, "reference_accuracy", fail)
+    monkeypatch.setattr(accuracy, "reference_accuracy", fail)
     out2 = tmp_path / "again"
     assert main(["reproduce", "--preset", "ci", "--out", str(out2), "--quiet"]) == 0
     again = res.load_results(out2 / "results.json")
@@ -134,9 +132,9 @@ def test_reproduce_variable_rate_codecs(tmp_path):
     rate point; the weighting runs are split per rate; retrain ignores a shipped set."""
     p = get_preset("ci", variable_rate=True, repro_strategies=("dynamic",), codec_steps=6,
                    codec_finetune_steps=4, icm_steps=4, repro_anchors=("jpeg",))
-    results = rp.reproduce(p, tmp_path / "vr", progress=False)
+    results = evaluation.reproduce(p, tmp_path / "vr", progress=False)
     n_rates = len(p.rd_lambdas)
-    for name in (rp.mse_name(), rp.icm_name("detection", "dynamic")):
+    for name in (evaluation.mse_name(), evaluation.icm_name("detection", "dynamic")):
         codec = res.find_codec(results, name)
         assert [pt["setting"] for pt in codec["points"]] == list(range(n_rates))
         bpps = [pt["bpp"] for pt in codec["points"]]
@@ -152,7 +150,7 @@ def test_reproduce_gives_the_caller_its_thread_count_back(tmp_path, monkeypatch)
     in its first step) the caller has its own setting again."""
     import torch
 
-    from icmlib.evaluation import evaluate
+    from icmlib.evaluation import accuracy
 
     class Stop(Exception):
         pass
@@ -160,12 +158,12 @@ def test_reproduce_gives_the_caller_its_thread_count_back(tmp_path, monkeypatch)
     def stop(*args, **kwargs):
         raise Stop
 
-    monkeypatch.setattr(evaluate, "task_networks", stop)
+    monkeypatch.setattr(accuracy, "task_networks", stop)
     before = torch.get_num_threads()
     torch.set_num_threads(4)
     try:
         with pytest.raises(Stop):
-            rp.reproduce("ci", tmp_path / "r", progress=False)
+            evaluation.reproduce("ci", tmp_path / "r", progress=False)
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(before)

@@ -69,7 +69,7 @@ from scipy.interpolate import PchipInterpolator
 
 __all__ = [
     "BDRateError", "BDRateWarning", "METHODS", "bd_rate", "bd_quality", "bd_psnr", "bd_map",
-    "frontier", "overlap", "bd_rate_table",
+    "frontier", "overlap", "bd_rate_pairs",
 ]
 
 #: Interpolation methods and their accepted spellings.
@@ -259,11 +259,12 @@ def bd_map(anchor, test, method: str = "pchip", min_overlap: float = 0.2) -> flo
     return bd_quality(anchor, test, method, min_overlap, quality_name="mAP")
 
 
-def bd_rate_table(curves: Mapping[str, Iterable[Point]], anchors: Sequence[str],
+def bd_rate_pairs(curves: Mapping[str, Iterable[Point]], anchors: Sequence[str],
                   tests: Optional[Sequence[str]] = None, method: str = "pchip",
                   min_overlap: float = 0.2, quality_name: str = "quality"
                   ) -> Dict[Tuple[str, str], Dict[str, object]]:
-    """BD-rate of every test curve against every anchor curve, as in the paper's table.
+    """BD-rate of every test curve against every anchor curve, pair by pair (laid out as
+    the paper's table by :func:`icmlib.evaluation.tables.bd_rate_table`).
 
     Returns ``{(test, anchor): {"bd_rate": float or None, "error": str or None,
     "warnings": [str]}}``; a pair that cannot be compared (too little overlap...) carries the

@@ -26,38 +26,35 @@ Averaging
 * mAP is one number for the whole dataset, as COCO defines it (all detections of all
   images ranked together), not a mean of per-image APs.
 
-The uncompressed reference (:func:`reference_accuracy`) runs the same task networks on
+The uncompressed reference (:func:`icmlib.evaluation.accuracy.reference_accuracy`) runs the same task networks on
 the original images, so "the codec made the task *better*" can be checked directly.
 
 The results of :func:`evaluate_codec` are one codec entry of the results schema
-(:mod:`icmlib.evaluation.results`), which ``icmlib.evaluation.plots`` draws and :func:`bd_rate_table` turns into
-the paper's table. :func:`cached_evaluation` keys an evaluation by everything that
+(:mod:`icmlib.evaluation.results`), which ``icmlib.evaluation.plots`` draws and
+:func:`icmlib.evaluation.tables.bd_rate_table` turns into the paper's table. :func:`cached_evaluation` keys an evaluation by everything that
 determines it (codec weights' fingerprint, settings, dataset, task networks), so
 ``icm reproduce`` run twice evaluates nothing twice.
 """
 from __future__ import annotations
 
 import collections.abc as _abc
-import copy
 import json
 import time
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-from icmlib.evaluation.results import TASK_METRIC, codec_entry, curve
+from icmlib.evaluation.accuracy import (DEFAULT_TASKS, EvaluationError, evaluation_dataset,
+                                        evaluation_device, network_fingerprint, subset,
+                                        task_accuracy, task_networks)
+from icmlib.evaluation.anchors.learned import LearnedCodec
+from icmlib.evaluation.results import _jsonable, codec_entry
+
 
 #: bump when the evaluation code changes what it measures (invalidates cached evaluations)
 EVALUATION_VERSION = "evaluate/2"  # 2: bpp counts coded bits, bpp_file whole files
-
-DEFAULT_TASKS = ("detection", "instance")
-
-
-class EvaluationError(ValueError):
-    """A codec or setting that cannot be evaluated (what went wrong, and what to do)."""
 
 
 # ---- images: tensors <-> PIL ------------------------------------------------------------
@@ -73,155 +70,6 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB")
     arr = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
-
-
-# ---- datasets -----------------------------------------------------------------------------
-def subset(dataset, num_images: Optional[int]):
-    """The first ``num_images`` images of a :class:`~icmlib.data.CocoDataset` (same COCO
-    ground truth object, fewer image ids), or the dataset itself when ``None``/too large.
-
-    Taking the first images (ids sorted) keeps the subset deterministic, so evaluations
-    of different codecs always see the same images.
-    """
-    if num_images is None or num_images >= len(dataset):
-        return dataset
-    if num_images < 1:
-        raise EvaluationError(f"num_images must be at least 1, got {num_images}")
-    small = copy.copy(dataset)
-    small.ids = list(dataset.ids[:num_images])
-    return small
-
-
-def dataset_info(dataset) -> Dict[str, Any]:
-    """Name, split and size of a dataset, for the results file."""
-    ann = str(getattr(dataset, "ann_file", ""))
-    split = Path(ann).stem.replace("instances_", "") if ann else "unknown"
-    name = "coco" if "2017" in split else "synthetic"
-    return {"name": name, "split": split, "num_images": len(dataset), "annotations": ann,
-            "image_ids": [int(i) for i in dataset.ids[:1000]]}
-
-
-def dataset_images(dataset, progress: bool = False) -> List[torch.Tensor]:
-    """All images of ``dataset`` as [3, H, W] tensors (the evaluation sets are small)."""
-    from tqdm.auto import tqdm
-
-    return [dataset[i][0] for i in tqdm(range(len(dataset)), desc="loading images",
-                                         disable=not progress, leave=False)]
-
-
-# ---- task networks ------------------------------------------------------------------------
-_NETWORKS: Dict[Tuple[str, str, str, str], torch.nn.Module] = {}
-
-
-def evaluation_device(preset=None) -> torch.device:
-    """Where evaluation runs: ``preset.device`` (the gpu preset's CUDA) when it is
-    available, else the CPU."""
-    from icmlib.presets import get_preset
-
-    preset = get_preset(preset)
-    if preset.device.startswith("cuda") and not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device(preset.device)
-
-
-def task_networks(tasks: Iterable[str] = DEFAULT_TASKS, preset=None, *,
-                  force: bool = False) -> Dict[str, torch.nn.Module]:
-    """The frozen task networks for ``tasks`` (train-or-load through ``icmlib.tasks``), on
-    :func:`evaluation_device`, loaded once per process and cache folder (``$ICM_CACHE``)
-    and reused by every evaluation. ``force=True`` retrains them and replaces the
-    loaded ones."""
-    from icmlib.cache import cache_root, config_key
-    from icmlib.presets import get_preset
-    from icmlib.tasks import task_network
-
-    preset = get_preset(preset)
-    device = evaluation_device(preset)
-    nets = {}
-    for task in tasks:
-        key = (task, config_key(preset.to_dict()), str(cache_root().resolve()), str(device))
-        if force or key not in _NETWORKS:
-            _NETWORKS[key] = task_network(task, preset, force=force).eval().to(device)
-        nets[task] = _NETWORKS[key]
-    return nets
-
-
-def learned_codec(nets, name: str, preset=None):
-    """A :class:`icmlib.evaluation.anchors.LearnedCodec` over ``nets`` that codes on
-    :func:`evaluation_device` (the gpu preset's CUDA), as the task networks run."""
-    from icmlib.evaluation.anchors import LearnedCodec
-
-    return LearnedCodec(nets, name, device=str(evaluation_device(preset)))
-
-
-def network_fingerprint(net: torch.nn.Module) -> str:
-    """Hex fingerprint of a network's weights (keys cached evaluations)."""
-    from icmlib.codec.model import fingerprint
-
-    return fingerprint(net).hex()
-
-
-def _task_metrics(task: str, metrics: Mapping[str, Any]) -> Dict[str, float]:
-    """Map ``evaluate_task``'s metric names to the flat names of the results schema."""
-    out: Dict[str, float] = {}
-
-    def pick(*names):
-        for n in names:
-            if n in metrics and metrics[n] is not None:
-                return float(metrics[n])
-        return None
-
-    if task == "detection":
-        out["bbox_map"] = pick("bbox_map", "map", "bbox/map")
-        out["bbox_map50"] = pick("bbox_map50", "map50", "bbox/map50")
-    elif task == "instance":
-        out["segm_map"] = pick("segm_map", "segm/map")
-        out["segm_map50"] = pick("segm_map50", "segm/map50")
-        out["instance_bbox_map"] = pick("bbox_map", "bbox/map", "map")
-        out["instance_bbox_map50"] = pick("bbox_map50", "bbox/map50", "map50")
-    elif task == "semantic":
-        out["miou"] = pick("miou", "mIoU")
-        out["pixel_accuracy"] = pick("pixel_accuracy")
-    else:
-        raise EvaluationError(f"unknown task {task!r}; use detection, instance or semantic")
-    missing = [k for k, v in out.items() if v is None and k in TASK_METRIC.values()]
-    if missing:
-        raise EvaluationError(f"evaluate_task({task!r}) returned {sorted(metrics)}, "
-                              f"without {missing}")
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def task_accuracy(networks: Mapping[str, torch.nn.Module], dataset,
-                  images: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, float]:
-    """Every task network's accuracy on ``images`` (default: the dataset's originals;
-    a list, or a lazy :class:`CodedImages`)."""
-    from icmlib.tasks import evaluate_task
-
-    out: Dict[str, float] = {}
-    for task, net in networks.items():
-        with torch.no_grad():
-            metrics = evaluate_task(net, task, dataset, images=images)
-        out.update(_task_metrics(task, metrics))
-    return out
-
-
-def reference_accuracy(tasks: Iterable[str] = DEFAULT_TASKS, dataset=None, *, preset=None,
-                       networks: Optional[Mapping[str, torch.nn.Module]] = None,
-                       num_images: Optional[int] = None) -> Dict[str, float]:
-    """The task networks' accuracy on the **uncompressed** originals: the horizontal
-    line every RD curve is measured against."""
-    from icmlib.presets import get_preset
-
-    preset = get_preset(preset)
-    dataset = subset(dataset if dataset is not None else _eval_dataset(preset),
-                     num_images)
-    networks = dict(networks) if networks is not None else task_networks(tasks, preset)
-    return task_accuracy({t: networks[t] for t in tasks}, dataset)
-
-
-def _eval_dataset(preset):
-    from icmlib.data import dataset_for
-
-    return subset(dataset_for(preset, split="test"), preset.eval_images)
 
 
 # ---- codecs -------------------------------------------------------------------------------
@@ -260,8 +108,10 @@ def coded_parts(codec, data: bytes) -> Dict[str, int]:
                               f"stream and overheads: {err}") from None
 
 
-def decode_image(codec, data: bytes, setting, size: Tuple[int, int]) -> torch.Tensor:
-    """``codec.decode(data)`` -> [3, H, W] tensor, checked against the original size."""
+def decode_to_tensor(codec, data: bytes, size: Tuple[int, int]) -> torch.Tensor:
+    """``codec.decode(data)`` -> [3, H, W] tensor, checked against the original size
+    (``encode_bytes``'s inverse; ``icmlib.codec.model.decode_image`` decodes a model's
+    strings instead)."""
     out = codec.decode(data)
     image = out if torch.is_tensor(out) else pil_to_tensor(out)
     if image.dim() == 4:
@@ -305,7 +155,7 @@ class CodedImages(_abc.Sequence):
         if i in self.decoded:
             return self.decoded[i]
         if i in self.data:  # coded before, decoded set not kept: decode again
-            return decode_image(self.codec, self.data[i], self.setting, self._size(i))
+            return decode_to_tensor(self.codec, self.data[i], self._size(i))
         return self._code(i)
 
     def _size(self, i: int) -> Tuple[int, int]:
@@ -318,7 +168,7 @@ class CodedImages(_abc.Sequence):
         t0 = time.perf_counter()
         data = encode_bytes(self.codec, tensor_to_pil(original), self.setting)
         t1 = time.perf_counter()
-        dec = decode_image(self.codec, data, self.setting, original.shape[-2:])
+        dec = decode_to_tensor(self.codec, data, original.shape[-2:])
         t2 = time.perf_counter()
         try:
             ms = float(ms_ssim(dec, original))
@@ -415,7 +265,7 @@ def evaluate_codec(codec, settings: Optional[Sequence[Any]] = None, dataset=None
     from icmlib.presets import get_preset
 
     preset = get_preset(preset)
-    dataset = subset(dataset if dataset is not None else _eval_dataset(preset), num_images)
+    dataset = subset(dataset if dataset is not None else evaluation_dataset(preset), num_images)
     settings = list(settings) if settings is not None else codec_settings(codec)
     if not settings:
         raise EvaluationError(f"no settings to evaluate codec {codec.name!r} at")
@@ -425,12 +275,16 @@ def evaluate_codec(codec, settings: Optional[Sequence[Any]] = None, dataset=None
     for s in tqdm(settings, desc=f"evaluating {codec.name}", disable=not progress):
         points.append(evaluate_point(codec, s, dataset, networks, progress=progress))
     if kind is None:
-        from icmlib.evaluation.anchors import LearnedCodec
-
         kind = "learned" if isinstance(codec, LearnedCodec) else "anchor"
     if group is None:
         group = "traditional" if kind == "anchor" else "learned"
     return codec_entry(codec.name, points, kind=kind, group=group, **info)
+
+
+def learned_codec(nets, name: str, preset=None):
+    """A :class:`icmlib.evaluation.anchors.LearnedCodec` over ``nets`` that codes on
+    :func:`evaluation_device` (the gpu preset's CUDA), as the task networks run."""
+    return LearnedCodec(nets, name, device=str(evaluation_device(preset)))
 
 
 # ---- caching evaluations ----------------------------------------------------------------------
@@ -460,184 +314,5 @@ def cached_evaluation(key: Mapping[str, Any], evaluate: Callable[[], Dict[str, A
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: evaluate again
     entry = evaluate()
-    from icmlib.evaluation.results import _jsonable
-
     atomic_write_text(json.dumps({"key": _jsonable(key), "entry": _jsonable(entry)}), path)
     return entry
-
-
-# ---- comparing curves --------------------------------------------------------------------------
-def better_than_reference(results: Mapping[str, Any], metric: str) -> List[Dict[str, Any]]:
-    """Every codec point whose task accuracy beats the uncompressed reference on ``metric``
-    (the paper observed this at some rates): ``[{codec, setting, bpp, value, reference}]``."""
-    ref = results["reference"].get(metric)
-    if ref is None:
-        return []
-    out = []
-    for codec in results["codecs"]:
-        for p in codec["points"]:
-            v = p.get(metric)
-            if v is not None and v > ref:
-                out.append({"codec": codec["name"], "setting": p["setting"], "bpp": p["bpp"],
-                            "value": v, "reference": ref, "gain": v - ref})
-    return out
-
-
-def bd_rate_table(results: Mapping[str, Any], anchors: Optional[Sequence[str]] = None,
-                  metric: str = "bbox_map", tests: Optional[Sequence[str]] = None,
-                  method: str = "pchip", min_overlap: float = 0.2, as_text: bool = True,
-                  rate: str = "bpp"):
-    """The paper's BD-rate table from a results file: each test codec against each anchor.
-
-    Args:
-        results: a results dict (:func:`icmlib.evaluation.results.load_results`).
-        anchors: codec names used as anchors (columns). Default: every ``kind ==
-            "anchor"`` codec plus the MSE baseline(s) (``group == "mse"``).
-        metric: the quality axis (``"bbox_map"`` for detection, ``"segm_map"`` for
-            instance segmentation, ``"psnr"``...).
-        tests: codec names in the rows (default: the learned codecs not among anchors).
-        method: ``"pchip"`` (JVET CTC, default; non-monotonic mAP curves use their
-            running-maximum frontier, see :mod:`icmlib.evaluation.bdrate`) or ``"cubic"``.
-        as_text: cells are strings — ``"-41.2 %"`` or ``"n/a (reason)"`` — ready to print;
-            with ``False`` they are floats (NaN where not computable).
-        rate: ``"bpp"`` (coded bits, the same rule for every codec: :mod:`icmlib.evaluation.overheads`)
-            or ``"bpp_file"`` (whole files; an older results file's ``bpp`` serves for
-            both, :func:`icmlib.evaluation.results.point_rate`).
-
-    Returns a pandas DataFrame, rows = test codecs, columns = anchors. Negative = the
-    test codec needs fewer bits than the anchor for the same accuracy.
-    """
-    import pandas as pd
-
-    from icmlib.evaluation.bdrate import bd_rate_table as _table
-
-    codecs = {c["name"]: c for c in results["codecs"]}
-    if anchors is None:
-        anchors = [n for n, c in codecs.items() if c.get("kind") == "anchor"
-                   or c.get("group") == "mse"]
-    else:
-        unknown = [a for a in anchors if a not in codecs]
-        if unknown:
-            raise EvaluationError(f"anchor(s) {unknown} not in the results; have {list(codecs)}")
-    if tests is None:
-        tests = [n for n, c in codecs.items() if n not in anchors and c.get("kind") == "learned"]
-    curves = {}
-    for name in list(anchors) + list(tests):
-        rates, values = curve(codecs[name], metric, rate)
-        curves[name] = list(zip(rates, values))
-    cells: Dict[str, Dict[str, Any]] = {t: {} for t in tests}
-    usable = {n: pts for n, pts in curves.items() if len(pts) >= 2}
-    table = _table(usable, anchors=[a for a in anchors if a in usable],
-                   tests=[t for t in tests if t in usable], method=method,
-                   min_overlap=min_overlap, quality_name=metric)
-    for t in tests:
-        for a in anchors:
-            if t == a:
-                continue
-            if t not in usable or a not in usable:
-                cells[t][a] = "n/a (too few points)" if as_text else float("nan")
-                continue
-            r = table[(t, a)]
-            if r["bd_rate"] is None:
-                reason = _short_reason(r["error"])
-                cells[t][a] = f"n/a ({reason})" if as_text else float("nan")
-            else:
-                cells[t][a] = f"{r['bd_rate']:+.1f} %" if as_text else float(r["bd_rate"])
-    df = pd.DataFrame.from_dict(cells, orient="index", columns=list(anchors))
-    df.index.name = f"BD-rate on {metric}" + (" (whole files)" if rate == "bpp_file" else "")
-    return df
-
-
-def overhead_table(results: Mapping[str, Any]):
-    """Per codec: the mean bytes per image of each part of its files (:mod:`icmlib.evaluation.overheads`;
-    mean over its points), and at its lowest rate point the bpp the rule counts, the whole
-    file's bpp and the share of the file the rule leaves out. Codecs whose points carry no
-    ``overhead_bytes`` (a results file written before the split) are left out."""
-    import pandas as pd
-
-    rows = {}
-    for c in results["codecs"]:
-        pts = [p for p in c["points"] if p.get("overhead_bytes") and p.get("bpp_file")]
-        if not pts:
-            continue
-        low = min(pts, key=lambda p: p["bpp"])
-        row = {f"{k} [B]": float(np.mean([p["overhead_bytes"].get(k, np.nan) for p in pts]))
-               for k in ("headers", "container", "metadata", "size_prefix")}
-        row.update({"lowest point: bpp": low["bpp"], "bpp_file": low["bpp_file"],
-                    "not counted": 1 - low["bpp"] / low["bpp_file"]})
-        rows[c["name"]] = row
-    df = pd.DataFrame.from_dict(rows, orient="index")
-    df.index.name = "codec"
-    return df
-
-
-def overhead_comparison(codecs: Sequence[Any], sizes: Sequence[Tuple[int, int]] = ((128, 128),
-                                                                             (640, 480)),
-                        seed: int = 0):
-    """What each codec's file carries beside the coded bits, at two image sizes.
-
-    For every codec at its lowest setting (``qualities[0]``), on a synthetic-world image of
-    each ``(width, height)`` (the ``cpu`` preset's 128×128 and a COCO-sized 640×480): the
-    bytes the BD-rate rule leaves out (container + metadata + size prefix,
-    :mod:`icmlib.evaluation.overheads`), what they are in bpp and as a share of the file, and the
-    per-image headers the rule counts. Fixed bytes weigh 18.75 times more per pixel on the
-    small image. Returns a DataFrame, rows = codecs, columns = (size, quantity)."""
-    import pandas as pd
-
-    from icmlib.data.world import _render_image
-    from icmlib.evaluation.overheads import measure
-
-    images = {}
-    for w, h in sizes:
-        pixels, _ = _render_image(np.random.default_rng(seed), max(w, h), 3)
-        images[f"{w}×{h}"] = pixels[:h, :w]
-    rows: Dict[str, Dict[Tuple[str, str], Any]] = {}
-    for codec in codecs:
-        for label, image in images.items():
-            m = measure(codec, image, codec.qualities[0])
-            rows.setdefault(codec.name, {}).update({
-                (label, "not counted [B]"): m["not_counted"],
-                (label, "not counted [bpp]"): round(m["bpp_not_counted"], 4),
-                (label, "share of file"): f"{m['share_not_counted']:.1%}",
-                (label, "headers [B]"): m.get("headers", "")})
-    df = pd.DataFrame.from_dict(rows, orient="index")
-    df.columns = pd.MultiIndex.from_tuples(df.columns)
-    df.index.name = "codec (lowest setting)"
-    return df
-
-
-def _short_reason(error: str) -> str:
-    if "overlap" in error:
-        return "too little overlap"
-    if "point" in error:
-        return "too few points"
-    return error.split(";")[0][:60]
-
-
-def bd_rate_details(results: Mapping[str, Any], anchors: Sequence[str], metric: str,
-                    tests: Sequence[str], method: str = "pchip",
-                    min_overlap: float = 0.2, rate: str = "bpp") -> List[Dict[str, Any]]:
-    """The BD-rate table as rows with the full error / warning messages (for the JSON),
-    on ``rate`` (``"bpp"``: coded bits; ``"bpp_file"``: whole files)."""
-    from icmlib.evaluation.bdrate import bd_rate_table as _table
-
-    codecs = {c["name"]: c for c in results["codecs"]}
-    curves = {n: list(zip(*curve(codecs[n], metric, rate))) for n in list(anchors) + list(tests)
-              if n in codecs}
-    usable = {n: p for n, p in curves.items() if len(p) >= 2}
-    table = _table(usable, anchors=[a for a in anchors if a in usable],
-                   tests=[t for t in tests if t in usable], method=method,
-                   min_overlap=min_overlap, quality_name=metric)
-    return [{"test": t, "anchor": a, "metric": metric, "method": method, "rate": rate, **v}
-            for (t, a), v in table.items()]
-
-
-def dataframe_to_markdown(df) -> str:
-    """A pandas DataFrame as a GitHub markdown table (no extra dependency)."""
-    cols = [df.index.name or ""] + [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for idx, row in df.iterrows():
-        cells = [str(idx)] + [("" if (isinstance(v, float) and np.isnan(v)) else
-                               (f"{v:.2f}" if isinstance(v, float) else str(v))) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 # ======================================================================================
-# Evaluation figures (icmlib.evaluation.evaluate / icmlib.evaluation.reproduce): drawn straight from a results
+# Evaluation figures (icmlib.evaluation.evaluate / icmlib.evaluation.reproduction): drawn straight from a results
 # file (icmlib.evaluation.results), so plotting never re-runs an evaluation.
 # ======================================================================================
 #: how each group of codecs is drawn: traditional anchors thin and dashed, the MSE
@@ -134,7 +134,7 @@ def plot_weighting_comparison(results, task="detection", rate_index=None, axes=N
     over training, the task weight over training, and the final RD points of each
     strategy's codecs.
 
-    Reads ``results["extra"]["training"]`` (written by ``icmlib.evaluation.reproduce``). Returns
+    Reads ``results["extra"]["training"]`` (written by ``icmlib.evaluation.reproduction``). Returns
     the axes (4 panels).
     """
     import matplotlib.pyplot as plt

@@ -96,6 +96,19 @@ RATES = {"bpp": "coded bits (the BD-rate rule: the bitstream the decoder needs)"
 REQUIRED_KEYS = ("schema", "codecs", "reference", "dataset", "preset", "command", "commit",
                  "device", "created", "icmlib_version")
 
+#: the tasks the reproduction (``icm reproduce``) evaluates, as in the paper
+REPRO_TASKS = ("detection", "instance")
+
+
+def mse_name() -> str:
+    """The MSE baseline's codec name in a reproduction's results file."""
+    return "MSE baseline"
+
+
+def icm_name(task: str, strategy: str) -> str:
+    """An ICM codec's name in a reproduction's results file: its task and loss weighting."""
+    return f"ICM {strategy} ({task})"
+
 
 class ResultsError(ValueError):
     """A results file that is missing, unreadable or not in the documented schema."""
@@ -125,6 +138,7 @@ def git_commit(cwd: Optional[Union[str, Path]] = None) -> str:
 
 
 def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``), for provenance."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -278,6 +292,7 @@ def load_results(source: Union[str, Path, Dict[str, Any]]) -> Dict[str, Any]:
 
 # ---- access -----------------------------------------------------------------------------
 def find_codec(results: Dict[str, Any], name: str) -> Dict[str, Any]:
+    """The codec entry called ``name`` (``ResultsError`` naming the others if none is)."""
     for codec in results["codecs"]:
         if codec["name"] == name:
             return codec
