@@ -269,3 +269,104 @@ def test_rate_view_has_the_parts_of_a_one_rate_codec():
     assert sum(p.numel() for p in view.g_a.parameters()) > 0
     report = rate_report(view, x)
     assert report["real_bpp"] > 0 and report["estimated_bpp"] > 0
+
+
+# ---- decoding: exact where it decides the CDFs, fast elsewhere (issue 11, item 4) ----------
+def _at_threads(n, fn, *args):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_scale_table_search_gives_compressai_indexes(net):
+    """The binary search names the same CDF as CompressAI's entry-by-entry comparison, for
+    scales on, between, below and above the table's entries (and NaN, inf, float64)."""
+    from compressai.entropy_models import GaussianConditional
+
+    gc = net.gaussian_conditional
+    table = gc.scale_table
+    torch.manual_seed(0)
+    scales = torch.cat([table, table * (1 + 1e-7), table * (1 - 1e-7), torch.rand(5000) * 80,
+                        torch.tensor([0.0, -1.0, 1e-9, float("inf"), float("nan"), 1e9])])
+    for s in (scales.view(1, 1, -1), scales.double().view(2, -1)):
+        ours = gc.build_indexes(s)
+        theirs = GaussianConditional.build_indexes(gc, s)
+        assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
+
+
+def test_scale_table_search_costs_the_same_for_any_table_size():
+    """Finding each symbol's CDF must not take one pass over ŷ per table entry (CompressAI's
+    loop: 511 passes with the codec's 512 scales, more time than h_s itself)."""
+    from torch.overrides import TorchFunctionMode
+
+    class Count(TorchFunctionMode):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    calls = []
+    scales = torch.rand(1, 8, 16, 16) * 50
+    for levels in (64, 512):
+        codec = ICMCodec(N=8, M=8)
+        codec.update(scale_table=torch.exp(torch.linspace(-2.2, 4.2, levels)), force=True)
+        Count.calls = 0
+        with Count():
+            codec.gaussian_conditional.build_indexes(scales)
+        calls.append(Count.calls)
+    assert calls[0] == calls[1] < 20, calls
+
+
+def test_decoding_runs_the_plain_synthesis_on_one_thread(net):
+    """Only h_s and the table search must be exact: the synthesis runs PyTorch's fast
+    kernels (oneDNN, not the slower reference ones), on one thread whatever the caller's
+    count, and leaves that count as it was."""
+    x = torch.rand(1, 3, 128, 192)
+    enc = net.compress(x)
+    with torch.no_grad():
+        z_hat = net.entropy_bottleneck.decompress(enc["strings"][1], enc["shape"])
+        scales, means = net.h_s(z_hat).chunk(2, 1)
+        indexes = net.gaussian_conditional.build_indexes(scales)
+        y_hat = net.gaussian_conditional.decompress(enc["strings"][0], indexes, means=means)
+        plain = _at_threads(1, net.g_s, y_hat).clamp(0, 1)
+
+    def decode():
+        out = net.decompress(enc["strings"], enc["shape"])["x_hat"]
+        return out, torch.get_num_threads()
+
+    decoded, threads_after = _at_threads(2, decode)
+    assert threads_after == 2 and torch.equal(decoded, plain)
+
+
+@pytest.mark.parametrize("size", [(128, 192), (200, 136)])
+def test_decoded_pixels_do_not_depend_on_the_thread_count(size):
+    """Every float of the decoded image, not only its 8-bit rounding, is the same with 1,
+    2, 3 and 4 threads (oneDNN's multi-threaded kernels differ in the last bit: GDN's 1×1
+    convolution at any size), with the shipped default codec."""
+    from icmlib.codec.pretrained import default_codec
+
+    codec = default_codec()
+    torch.manual_seed(2)
+    enc = encode_image(codec, torch.rand(1, 3, *size))
+    images = [_at_threads(n, decode_image, codec, enc["strings"], enc["shape"], enc["size"])
+              for n in (1, 2, 3, 4)]
+    assert all(torch.equal(images[0], image) for image in images[1:])
+
+
+def test_one_thread_restores_the_callers_count_after_an_error():
+    from icmlib.codec.determinism import on_one_thread
+
+    def fail():
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("inside")
+
+    def run():
+        with pytest.raises(RuntimeError, match="inside"):
+            on_one_thread(fail)
+        return torch.get_num_threads()
+
+    assert _at_threads(3, run) == 3

@@ -31,7 +31,7 @@ streams. Everything else is rANS output, so the file's bits per pixel are the
 likelihood estimate plus rANS's few bytes of flushed state per stream plus this header.
 
 Versions: 2 computes the hyperprior's scales and means in float64 on the CPU, so a file
-decodes the same whatever device encoded it (``icmlib.codec.model._ExactHyperSynthesis``).
+decodes the same whatever device encoded it (``icmlib.codec.determinism.ExactHyperSynthesis``).
 Version 1 (the same layout) computed them in float32 on the encoder's device; a version-1
 file is still read (``icm info``), but decoding it is refused with a clear message, since
 this icmlib would pick other CDFs for some symbols and decode a wrong image.
@@ -222,6 +222,7 @@ def layout(data: bytes) -> List[Tuple[int, int, str, str]]:
 
 
 def stream_names(n: int) -> List[str]:
+    """Readable names of a file's ``n`` streams (ŷ then ẑ for a hyperprior codec)."""
     return ["stream y (main)", "stream z (side)"] if n == 2 else [f"stream {i}" for i in range(n)]
 
 

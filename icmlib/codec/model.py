@@ -22,7 +22,6 @@ ICM and MSE codecs differ only in the loss.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 from pathlib import Path
@@ -40,6 +39,7 @@ from compressai.layers import (ResidualBlock, ResidualBlockUpsample, ResidualBlo
                                conv3x3, subpel_conv3x3)
 from compressai.models import MeanScaleHyperprior
 
+from icmlib.codec.determinism import ExactHyperSynthesis, TableGaussianConditional, on_one_thread
 from icmlib.shipped import register_expander
 
 #: y is 1/16 of the image; z is 1/4 of y. Inputs are padded to a multiple of this.
@@ -51,51 +51,6 @@ STRIDE = 64
 #: (1.25 % apart) bring real bits within about 1 % of the estimate; scales above 64 (rare
 #: at the rates trained here) are coded with 64.
 SCALE_TABLE = torch.exp(torch.linspace(math.log(0.11), math.log(64.0), 512))
-
-
-@contextlib.contextmanager
-def reproducible_convolutions():
-    """Run convolutions without oneDNN (mkldnn), whose results depend on the thread count.
-
-    The decoder's pixels then do not depend on ``torch.get_num_threads()`` (oneDNN gives
-    results 1 ulp apart with 1 and 2 threads; PyTorch's own kernels give identical ones).
-    oneDNN's switch is process-wide, so only ``decompress``'s synthesis runs under it, and
-    it is restored on leaving. Which CDFs decode the streams never depends on it:
-    :class:`_ExactHyperSynthesis`.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*TF32.*")  # an irrelevant notice about Intel GPUs
-        with torch.backends.mkldnn.flags(enabled=False):
-            yield
-
-
-class _ExactHyperSynthesis(nn.Sequential):
-    """h_s, an ``nn.Sequential`` (same state-dict keys) whose eval-mode output is the same
-    on every device.
-
-    h_s's scales pick the CDF that codes each symbol of ŷ, so the encoder and the decoder
-    must get them bit for bit alike, or the file decodes to garbage with no error. float32
-    convolutions differ between devices (a GPU's TF32 rounds inputs to 10 bits, summation
-    orders differ, oneDNN's depend on the thread count): results 1e-7 apart already pick
-    another table where a scale lies near a table boundary. Outside training h_s
-    therefore runs in float64 on the CPU -- ẑ (integers plus the stored medians) and the
-    weights convert exactly, oneDNN has no float64 kernels -- and is rounded to the
-    input's dtype, which every device then compares with the scale table alike. Two CPUs
-    can still differ in float64's last bit (1e-16): a different table then needs a scale
-    within that of one of the table's boundaries, about 1e-14 per symbol, against about
-    one symbol in ten with TF32. Training keeps the fast path on the model's device.
-    """
-
-    def forward(self, x):
-        if self.training:
-            return super().forward(x)
-        out = x.to("cpu", torch.float64)
-        for layer in self:
-            tensors = dict(layer.named_parameters())
-            tensors.update(layer.named_buffers())
-            out = torch.func.functional_call(
-                layer, {k: t.to("cpu", torch.float64) for k, t in tensors.items()}, (out,))
-        return out.to(x.device, x.dtype)
 
 
 def analysis_transform(N: int, M: int, blocks: int = 0) -> nn.Sequential:
@@ -146,8 +101,10 @@ class ICMCodec(MeanScaleHyperprior):
         super().__init__(N=N, M=M)
         self.g_a = analysis_transform(N, M, blocks)
         self.g_s = synthesis_transform(N, M, blocks)
-        # h_s decides the CDFs: it must give bit-identical results in encoder and decoder
-        self.h_s = _ExactHyperSynthesis(*self.h_s)
+        # h_s and the scale-table search decide the CDFs: bit-identical in encoder and
+        # decoder, whatever the device or thread count (icmlib.codec.determinism)
+        self.h_s = ExactHyperSynthesis(*self.h_s)
+        self.gaussian_conditional = TableGaussianConditional(None)
         self.rates = int(rates)
         if self.rates < 0:
             raise ValueError(f"rates must be >= 0, got {rates}")
@@ -210,15 +167,15 @@ class ICMCodec(MeanScaleHyperprior):
         return {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}
 
     def decompress(self, strings, shape, rate=None):
-        """CompressAI's ``decompress``; the same pixels whatever ``torch.get_num_threads()``."""
+        """CompressAI's ``decompress``; the same pixels whatever ``torch.get_num_threads()``
+        (the synthesis runs on one thread: :mod:`icmlib.codec.determinism`)."""
         if not (isinstance(strings, (list, tuple)) and len(strings) == 2):
             raise ValueError("decompress expects [y_strings, z_strings]")
         z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
         scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
         indexes = self.gaussian_conditional.build_indexes(scales_hat)
         y_hat = self.gaussian_conditional.decompress(strings[0], indexes, means=means_hat)
-        with reproducible_convolutions():
-            return {"x_hat": self._synthesis(y_hat, rate).clamp_(0, 1)}
+        return {"x_hat": on_one_thread(self._synthesis, y_hat, rate).clamp_(0, 1)}
 
     def update(self, scale_table=None, force=False, update_quantiles: bool = False):
         """Build the CDF tables for real coding (CompressAI's ``update``, finer scale table)."""
@@ -358,6 +315,7 @@ def pad(x: torch.Tensor, stride: int = STRIDE) -> torch.Tensor:
 
 
 def crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The top-left ``height`` × ``width`` of a (padded) batch: ``pad``'s inverse."""
     return x[..., :height, :width]
 
 
@@ -436,6 +394,7 @@ def codec_checkpoint(net: ICMCodec, **meta: Any) -> Dict[str, Any]:
 
 
 def save_codec(net: ICMCodec, path: Union[str, Path], **meta: Any) -> Path:
+    """Write ``net`` (CDF tables updated first) and ``meta`` to ``path``, atomically."""
     from icmlib.cache import atomic_save
 
     net.update()
