@@ -3,14 +3,14 @@
 What each of them supplies is a ``train_step(step) -> row`` and its callbacks; what they
 share lives here, below all of them (it imports only torch, tqdm and icmlib's cache):
 
-============== =========================================================================
-``loop``       :func:`train_loop` (step, then callbacks), :func:`every`, divergence checks
-``state``      :class:`RunState` (step, parts, random states) and its checkpoint file
-``rng``        every random state of a process; validation that consumes none of them
-``report``     :class:`Reporter`: CSV logs, TensorBoard, the progress bar; :func:`read_log`
-``distributed`` which process this is (DDP), and the collective operations a loop needs
-``device``     the run's device and CPU threads
-============== =========================================================================
+================ ============================================================================
+``loop``         :func:`train_loop` (step, then callbacks), :func:`every`, divergence checks
+``state``        :class:`RunState` (step, parts, random states) and its checkpoint file
+``rng``          every random state of a process; validation that consumes none of them
+``report``       :class:`Reporter`: CSV logs, TensorBoard, the progress bar; :func:`read_log`
+``distributed``  which process this is (DDP), and the collective operations a loop needs
+``device``       the run's device and CPU threads
+================ ============================================================================
 """
 from icmlib.engine.device import threads, training_device
 from icmlib.engine.distributed import (Processes, all_gather_object, all_mean,

@@ -184,7 +184,9 @@ class Reporter:
 
     def summary(self, label: str) -> None:
         """In a notebook, after a run that went to its end: one line
-        ``[icmlib] trained <desc>: N steps in <time>; <label>, <the last line said>``."""
+        ``[icmlib] trained <what>: N steps in <time>; <label>, <the last line said>``
+        (``<what>``: the bar's label, without a leading "train")."""
         if self.last_said:
-            print(f"[icmlib] trained {self.desc}: {self.steps_done} steps in "
+            what = self.desc[len("train "):] if self.desc.startswith("train ") else self.desc
+            print(f"[icmlib] trained {what}: {self.steps_done} steps in "
                   f"{duration(time.time() - self.t_start)}; {label}, {self.last_said[0]}")

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from icmlib.cache import train_or_load
+from icmlib.engine import Reporter, RunState, every, train_loop
 from icmlib.presets import Preset, get_preset
 from icmlib.segmentation.data import (JointAugment, SegmentationError, Tensors, segmentation_data,
                                       segmentation_num_classes)
@@ -147,11 +148,64 @@ def _draw_batch(images: torch.Tensor, masks: torch.Tensor, batch_size: int,
     return x, y
 
 
-def _progress_bar(progress: bool, steps: int, desc: str):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=steps, desc=desc, leave=False)
+class _SegmenterTraining:
+    """A segmenter's train step, and the callbacks around it: validation that keeps the
+    best weights (early stopping), the history, the bar."""
+
+    def __init__(self, model: nn.Module, train_data: Tensors, val_data: Optional[Tensors],
+                 loss_fn: Callable, opt, sched, params, *, batch_size: int, clip_norm,
+                 augment: Optional[JointAugment], gen: torch.Generator, num_classes: int,
+                 patience: Optional[int], reporter: Reporter):
+        self.model, self.train_data, self.val_data = model, train_data, val_data
+        self.loss_fn, self.opt, self.sched, self.params = loss_fn, opt, sched, params
+        self.batch_size, self.clip_norm, self.augment, self.gen = batch_size, clip_norm, augment, gen
+        self.num_classes, self.patience, self.reporter = num_classes, patience, reporter
+        self.device = next(model.parameters()).device
+        self.history: List[dict] = []
+        self.best = {"miou": -1.0, "step": 0, "state": None}
+        self.bad_evals = 0
+
+    def step(self, step: int) -> dict:
+        x, y = _draw_batch(*self.train_data, self.batch_size, self.augment, self.gen)
+        x, y = x.to(self.device), y.to(self.device)
+        value, logs = self.loss_fn(self.model, x, y)
+        self.opt.zero_grad(set_to_none=True)
+        value.backward()
+        lr_used = self.opt.param_groups[0]["lr"]
+        grad_norm = None
+        if self.clip_norm is not None:
+            grad_norm = nn.utils.clip_grad_norm_(self.params, self.clip_norm).item()
+        self.opt.step()
+        self.sched.step()
+        record = {"step": step + 1, "loss": value.item(), "lr": lr_used, **logs}
+        if grad_norm is not None:
+            record["grad_norm"] = grad_norm
+        return record
+
+    def validate(self, step: int, record: dict) -> None:
+        """Validation mIoU into the step's record; the best weights so far are kept."""
+        if self.val_data is not None:
+            pred = predict(self.model, self.val_data[0], self.batch_size)
+            m = segmentation_metrics(pred, self.val_data[1], self.num_classes)
+            if m["miou"] > self.best["miou"]:
+                self.best.update(miou=m["miou"], step=step,
+                                 state=copy.deepcopy(self.model.state_dict()))
+                self.bad_evals = 0
+            else:
+                self.bad_evals += 1
+            record.update({f"val_{k}": v for k, v in m.items()})
+        _train_mode(self.model)
+
+    def report(self, step: int, record: dict) -> None:
+        self.history.append(record)
+        post = {"loss": f"{record['loss']:.3f}"}
+        if "val_miou" in record:
+            post["val_miou"] = f"{record['val_miou']:.3f}"
+        self.reporter.advance(post)
+
+    def out_of_patience(self) -> bool:
+        return (self.patience is not None and self.val_data is not None
+                and self.bad_evals >= self.patience)
 
 
 def train_segmenter(model: nn.Module, train_data: Tensors, val_data: Optional[Tensors] = None, *,
@@ -175,14 +229,14 @@ def train_segmenter(model: nn.Module, train_data: Tensors, val_data: Optional[Te
       that many validations without improvement.
     * ``augment``: a :class:`JointAugment` applied to every training pair.
 
-    Returns ``{"history": [...], "val": metrics of the restored model, "best_step",
-    "stopped_early", "steps_run", "train_seconds", "trainable_params"}``.
+    The steps run on the one training loop of :mod:`icmlib.engine`. Returns ``{"history":
+    [...], "val": metrics of the restored model, "best_step", "stopped_early",
+    "steps_run", "train_seconds", "trainable_params"}``.
     """
     images, masks = train_data
     _check_train_data(images, masks, steps)
     loss_fn = segmentation_loss(loss) if isinstance(loss, str) else loss
     num_classes = num_classes or getattr(model, "num_classes", None) or int(masks.max()) + 1
-    device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise SegmentationError("the model has no trainable parameters (everything is frozen)")
@@ -190,64 +244,38 @@ def train_segmenter(model: nn.Module, train_data: Tensors, val_data: Optional[Te
     sched = _make_schedule(opt, schedule, steps)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    reporter = Reporter(total=steps, desc=desc, progress=progress, leave=False)
+    trainer = _SegmenterTraining(model, train_data, val_data, loss_fn, opt, sched, params,
+                                 batch_size=batch_size, clip_norm=clip_norm, augment=augment,
+                                 gen=gen, num_classes=num_classes, patience=patience,
+                                 reporter=reporter)
+    run = RunState({"model": model, "opt": opt, "sched": sched})
 
-    history: List[dict] = []
-    best = {"miou": -1.0, "step": 0, "state": None}
-    bad_evals, stopped_early, step = 0, False, 0
+    def stop_early(step: int, record: dict) -> None:
+        run.stopped = trainer.out_of_patience()
 
-    def validate(step: int) -> Optional[dict]:
-        nonlocal bad_evals
-        if val_data is None:
-            return None
-        pred = predict(model, val_data[0], batch_size)
-        m = segmentation_metrics(pred, val_data[1], num_classes)
-        if m["miou"] > best["miou"]:
-            best.update(miou=m["miou"], step=step, state=copy.deepcopy(model.state_dict()))
-            bad_evals = 0
-        else:
-            bad_evals += 1
-        return m
-
-    bar = _progress_bar(progress, steps, desc)
     t0 = time.perf_counter()
     _train_mode(model)
-    for step in range(1, steps + 1):
-        x, y = _draw_batch(images, masks, batch_size, augment, gen)
-        x, y = x.to(device), y.to(device)
-        value, logs = loss_fn(model, x, y)
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        lr_used = opt.param_groups[0]["lr"]
-        grad_norm = None
-        if clip_norm is not None:
-            grad_norm = nn.utils.clip_grad_norm_(params, clip_norm).item()
-        opt.step()
-        sched.step()
-        record = {"step": step, "loss": value.item(), "lr": lr_used, **logs}
-        if grad_norm is not None:
-            record["grad_norm"] = grad_norm
-        if step % val_every == 0 or step == steps:
-            m = validate(step)
-            _train_mode(model)
-            if m is not None:
-                record.update({f"val_{k}": v for k, v in m.items()})
-        history.append(record)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{value.item():.3f}",
-                            **({"val_miou": f"{record['val_miou']:.3f}"} if "val_miou" in record else {}))
-        if patience is not None and val_data is not None and bad_evals >= patience:
-            stopped_early = True
-            break
+    try:
+        train_loop(trainer.step, run, steps,
+                   [every(val_every, trainer.validate, last=steps), trainer.report, stop_early])
+    finally:
+        reporter.close()
     seconds = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
+    return _segmenter_result(model, trainer, run, seconds, val_data, batch_size, num_classes)
+
+
+def _segmenter_result(model, trainer: _SegmenterTraining, run: RunState, seconds: float,
+                      val_data, batch_size: int, num_classes: int) -> dict:
+    """The best weights put back (when validated), and what the run returns."""
+    best = trainer.best
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
-    result = {"history": history, "best_step": best["step"] if best["state"] is not None else step,
-              "stopped_early": stopped_early, "steps_run": step, "train_seconds": seconds,
-              "trainable_params": sum(p.numel() for p in params)}
+    result = {"history": trainer.history,
+              "best_step": best["step"] if best["state"] is not None else run.step,
+              "stopped_early": run.stopped, "steps_run": run.step, "train_seconds": seconds,
+              "trainable_params": sum(p.numel() for p in trainer.params)}
     if val_data is not None:
         result["val"] = segmentation_metrics(predict(model, val_data[0], batch_size),
                                              val_data[1], num_classes)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from icmlib.cache import checkpoint_path, train_or_load
+from icmlib.engine import Reporter, RunState, every, train_loop
 from icmlib.presets import Preset, get_preset
 from icmlib.tasks.evaluate import evaluate_task
 from icmlib.tasks.frozen import task_losses
@@ -143,16 +144,77 @@ def _train_loader(preset: Preset, seed: int):
         generator=torch.Generator().manual_seed(seed))
 
 
-def _validation_point(model: nn.Module, task: str, val_ds, preset: Preset, step: int, bar):
-    """The learning curve's point at ``step``, and the wall and CPU seconds it took."""
-    te, tc = time.time(), time.process_time()
-    model.eval()
-    score = evaluate_task(model, task, val_ds, batch_size=preset.task_batch_size * 2)
-    model.train()
-    point = {"step": step, "val_" + PRIMARY_METRIC[task]: score["score"]}
-    if bar is not None:
-        bar.write(f"step {step}: val {PRIMARY_METRIC[task]} = {score['score']:.3f}")
-    return point, time.time() - te, time.process_time() - tc
+class _TaskTraining:
+    """A task network's train step (AdamW, warm-up then cosine, clipping) and the
+    callbacks around it: the logged history, the learning curve's points, the bar."""
+
+    def __init__(self, model: nn.Module, task: str, preset: Preset, base_lr: float, total: int,
+                 device: torch.device):
+        self.model, self.task, self.preset, self.device = model, task, preset, device
+        self.base_lr, self.total = base_lr, total
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=base_lr, weight_decay=preset.task_weight_decay)
+        self.warmup = min(preset.task_warmup_steps, max(total // 5, 1))
+        self.history: List[Dict[str, float]] = []
+        self.running: Dict[str, float] = {}
+        self.eval_seconds = self.eval_cpu_seconds = 0.0
+
+    def begin(self, loader, val_ds, reporter: Reporter) -> None:
+        self.batches = _endless(loader)
+        self.val_ds, self.reporter = val_ds, reporter
+        self.t0, self.c0 = time.time(), time.process_time()
+        self.model.train()
+
+    def step(self, step: int) -> Dict[str, float]:
+        images, targets = next(self.batches)
+        lr = _lr_at(step, self.total, self.base_lr, self.warmup)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        images = [im.to(self.device) for im in images]
+        losses = task_losses(self.model, self.task, images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the {self.task} network's loss became {loss.item()} at "
+                                     f"step {step}; lower task_lr (now {self.base_lr})")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 10.0)
+        self.opt.step()
+        for k, v in losses.items():
+            v = float(v.detach())
+            self.running[k] = 0.9 * self.running.get(k, v) + 0.1 * v
+        return {"lr": lr, "loss": float(loss.detach()),
+                **{k: float(v.detach()) for k, v in losses.items()}}
+
+    def log(self, step: int, row: Dict[str, float]) -> None:
+        """A point of the logged history (every ``preset.log_every`` steps and the last)."""
+        self.history.append({"step": step, "lr": row["lr"],
+                             "seconds": time.time() - self.t0 - self.eval_seconds,
+                             **{k: v for k, v in row.items() if k != "lr"}})
+
+    def validate(self, step: int, row=None) -> None:
+        """The learning curve's point at ``step`` (the last step is measured after the loop);
+        its time is not training time."""
+        if step >= self.total:
+            return
+        te, tc = time.time(), time.process_time()
+        self.model.eval()
+        score = evaluate_task(self.model, self.task, self.val_ds,
+                              batch_size=self.preset.task_batch_size * 2)
+        self.model.train()
+        self.history.append({"step": step, "val_" + PRIMARY_METRIC[self.task]: score["score"]})
+        self.reporter.say(f"step {step}: val {PRIMARY_METRIC[self.task]} = {score['score']:.3f}")
+        self.eval_seconds += time.time() - te
+        self.eval_cpu_seconds += time.process_time() - tc
+
+    def report(self, step: int, row=None) -> None:
+        self.reporter.advance({k.replace("loss_", ""): f"{v:.3f}" for k, v in self.running.items()})
+
+
+def _endless(loader):
+    """The loader's batches, epoch after epoch (each epoch shuffled anew)."""
+    while True:
+        yield from loader
 
 
 def _final_metrics(model: nn.Module, task: str, val_ds, preset: Preset, progress: bool,
@@ -181,10 +243,11 @@ def train_task(task: str, preset: Union[Preset, str, None] = None, progress: boo
     ``preset.task_batch_size`` whole training images with random horizontal flips. The
     loss is the network's own training loss (the same :func:`task_losses` the codec later
     sees through :meth:`~icmlib.tasks.frozen.FrozenTask.losses`, but with the weights
-    free). Returns ``{"state_dict", "config", "metrics", "history"}``: ``metrics`` from
-    :func:`evaluate_task` on the val split, ``history`` a list of logged steps (losses,
-    learning rate, seconds), with the validation score every ``eval_every`` steps
-    (default ``preset.val_every``; 0: only at the end) -- the learning curve.
+    free), on the one training loop of :mod:`icmlib.engine`. Returns ``{"state_dict",
+    "config", "metrics", "history"}``: ``metrics`` from :func:`evaluate_task` on the val
+    split, ``history`` a list of logged steps (losses, learning rate, seconds), with the
+    validation score every ``eval_every`` steps (default ``preset.val_every``; 0: only
+    at the end) -- the learning curve.
     """
     from icmlib.data import dataset_for
 
@@ -199,66 +262,29 @@ def train_task(task: str, preset: Union[Preset, str, None] = None, progress: boo
     device = _device(preset)
     model = _network_to_train(task, preset, config, progress, seed).to(device)
     loader = _train_loader(preset, seed)
-    params = [p for p in model.parameters() if p.requires_grad]
     # fine-tuning a trained detector: a third of the learning rate, so the mask branch
     # learns without knocking the trained parts far from where they were
     base_lr = preset.task_lr * (_FINETUNE_LR_FACTOR if "init" in config else 1.0)
-    opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=preset.task_weight_decay)
-    warmup = min(preset.task_warmup_steps, max(total // 5, 1))
-    history: List[Dict[str, float]] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, desc=f"train {task} network ({preset.name})", unit="step")
+    trainer = _TaskTraining(model, task, preset, base_lr, total, device)
+    reporter = Reporter(total=total, desc=f"train {task} network ({preset.name})",
+                        progress=progress, unit="step")
     val_ds = dataset_for(preset, "val", train=False)
     eval_every = preset.val_every if eval_every is None else eval_every
-    step, t0, c0 = 0, time.time(), time.process_time()
-    eval_seconds = eval_cpu_seconds = 0.0
-    running: Dict[str, float] = {}
-    model.train()
-    while step < total:
-        for images, targets in loader:
-            if step >= total:
-                break
-            lr = _lr_at(step, total, base_lr, warmup)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            images = [im.to(device) for im in images]
-            losses = task_losses(model, task, images, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the {task} network's loss became {loss.item()} at "
-                                         f"step {step}; lower task_lr (now {base_lr})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 10.0)
-            opt.step()
-            step += 1
-            for k, v in losses.items():
-                v = float(v.detach())
-                running[k] = 0.9 * running.get(k, v) + 0.1 * v
-            if step % preset.log_every == 0 or step == total:
-                history.append({"step": step, "lr": lr, "seconds": time.time() - t0 - eval_seconds,
-                                "loss": float(loss.detach()),
-                                **{k: float(v.detach()) for k, v in losses.items()}})
-            if eval_every and step % eval_every == 0 and step < total:
-                point, seconds, cpu_seconds = _validation_point(model, task, val_ds, preset,
-                                                                step, bar)
-                history.append(point)
-                eval_seconds += seconds
-                eval_cpu_seconds += cpu_seconds
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in running.items()})
-    if bar is not None:
-        bar.close()
-    train_seconds = time.time() - t0 - eval_seconds
+    trainer.begin(loader, val_ds, reporter)
+    try:
+        train_loop(trainer.step, RunState({"model": model, "opt": trainer.opt}), total,
+                   [every(preset.log_every, trainer.log, last=total),
+                    every(eval_every, trainer.validate), trainer.report])
+    finally:
+        reporter.close()
+    reporter.summary("last validation")
+    train_seconds = time.time() - trainer.t0 - trainer.eval_seconds
     # CPU seconds of this process (all threads): on a shared machine a fairer measure
-    train_cpu_seconds = time.process_time() - c0 - eval_cpu_seconds
+    train_cpu_seconds = time.process_time() - trainer.c0 - trainer.eval_cpu_seconds
     metrics = _final_metrics(model, task, val_ds, preset, progress, total, train_seconds,
                              train_cpu_seconds)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"state_dict": state, "config": config, "metrics": metrics, "history": history}
+    return {"state_dict": state, "config": config, "metrics": metrics, "history": trainer.history}
 
 
 def task_network(task: str, preset: Union[Preset, str, None] = None, *, force: bool = False,
