@@ -6,7 +6,7 @@ from compressai import ans as compressai_ans
 from compressai.entropy_models.entropy_models import pmf_to_quantized_cdf
 
 from icmlib.codec import ans
-from icmlib.codec.model import ICMCodec, decode_image, encode_image
+from icmlib.codec import ICMCodec, decode_image, encode_image
 
 
 def random_pmf(rng, n):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from icmlib.codec import losses
-from icmlib.codec.model import ICMCodec
+from icmlib.codec import ICMCodec
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,8 +1,7 @@
 import torch
 
-from icmlib.codec.model import ICMCodec
-from icmlib.codec.probability import (compare_noise_and_rounding, empirical_entropy_bits, factorized_prior_bits, noise_vs_rounding,
-                                rate_report)
+from icmlib.codec import (ICMCodec, compare_noise_and_rounding, empirical_entropy_bits,
+                          factorized_prior_bits, noise_vs_rounding, rate_report)
 
 
 def _net():
@@ -63,7 +62,7 @@ def test_empirical_entropy_known_values():
 
 
 def test_bits_per_element_sum_to_the_rate_and_channel_dropping_decodes():
-    from icmlib.codec.probability import bits_per_element, decode_keeping_channels
+    from icmlib.codec import bits_per_element, decode_keeping_channels
 
     net, x = _net(), torch.rand(1, 3, 64, 64)
     y_hat, bits = bits_per_element(net, x)
