@@ -44,12 +44,13 @@ class ExactHyperSynthesis(nn.Sequential):
     def forward(self, x):
         if self.training:
             return super().forward(x)
-        out = x.to("cpu", torch.float64)
+        # contiguous: the same kernels and summation order whatever layout the caller uses
+        out = x.to("cpu", torch.float64).contiguous()
         for layer in self:
             tensors = dict(layer.named_parameters())
             tensors.update(layer.named_buffers())
-            out = torch.func.functional_call(
-                layer, {k: t.to("cpu", torch.float64) for k, t in tensors.items()}, (out,))
+            exact = {k: t.to("cpu", torch.float64).contiguous() for k, t in tensors.items()}
+            out = torch.func.functional_call(layer, exact, (out,))
         return out.to(x.device, x.dtype)
 
 

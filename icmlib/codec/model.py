@@ -157,7 +157,9 @@ class ICMCodec(MeanScaleHyperprior):
                 "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
     def compress(self, x, rate=None):
-        y = self._analysis(x, rate)
+        """CompressAI's ``compress``; the transforms run channels-last (oneDNN's faster
+        layout on the CPU: :mod:`icmlib.codec.determinism`)."""
+        y = self._analysis(x.contiguous(memory_format=torch.channels_last), rate)
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
@@ -168,14 +170,16 @@ class ICMCodec(MeanScaleHyperprior):
 
     def decompress(self, strings, shape, rate=None):
         """CompressAI's ``decompress``; the same pixels whatever ``torch.get_num_threads()``
-        (the synthesis runs on one thread: :mod:`icmlib.codec.determinism`)."""
+        (the synthesis runs on one thread, channels-last: :mod:`icmlib.codec.determinism`)."""
         if not (isinstance(strings, (list, tuple)) and len(strings) == 2):
             raise ValueError("decompress expects [y_strings, z_strings]")
         z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
         scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
         indexes = self.gaussian_conditional.build_indexes(scales_hat)
         y_hat = self.gaussian_conditional.decompress(strings[0], indexes, means=means_hat)
-        return {"x_hat": on_one_thread(self._synthesis, y_hat, rate).clamp_(0, 1)}
+        y_hat = y_hat.contiguous(memory_format=torch.channels_last)
+        x_hat = on_one_thread(self._synthesis, y_hat, rate)
+        return {"x_hat": x_hat.contiguous().clamp_(0, 1)}
 
     def update(self, scale_table=None, force=False, update_quantiles: bool = False):
         """Build the CDF tables for real coding (CompressAI's ``update``, finer scale table)."""
