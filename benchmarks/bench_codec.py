@@ -1,16 +1,28 @@
 """Benchmark: our codec vs CompressAI's MeanScaleHyperprior on the CPU, and icmlib.codec.ans.
 
-Measures, on the same images and in the same run (interleaved, so machine load hits both
-alike -- compare the *ratios*, not the absolute times):
+Measures, on the same images and in the same process, the models *interleaved* (A, B, C, A,
+B, C ... for every image and repeat, medians over the repeats), so that machine load hits
+them alike -- compare the *ratios*, not the absolute times:
 
-* encode and decode time per image, ``ICMCodec(N, M)`` vs ``MeanScaleHyperprior(N, M)``
-  (median of several runs after a warm-up), and their ratio (target ≤ 1.1);
+* encode and decode time per image of ``ICMCodec(N, M)`` against CompressAI's
+  ``MeanScaleHyperprior(N, M)`` as CompressAI runs it (issue 11's target: both ratios
+  ≤ 1.5 on one thread); against the same with its weights channels-last (the layout our
+  codec runs in, which CompressAI could use too); and against two residual models of
+  equal N, M run by CompressAI's own code (float32 hyperprior, its index loop, its
+  synthesis): ``residual`` has cheng2020-anchor's transforms (one residual block per
+  stage, its latent widened to M), ``same`` exactly our transforms -- the arithmetic held
+  equal, so the ratio to it is what our coding path (exact hyperprior, table search,
+  channels-last, one-thread synthesis) costs or saves;
+* our ``.icm`` decode (``decompress_bytes``: the streams read by the checked, pure-Python
+  ``icmlib.codec.ans``), the path ``icm decode`` takes;
+* each model's transform FLOPs (encoder g_a + h_a, decoder h_s + g_s), to tell arithmetic
+  from overhead;
 * the ``.icm`` file's bits against the likelihood estimate (overhead, header included);
 * ``icmlib.codec.ans`` symbols per second against CompressAI's C++ coder, on the real symbols
   and CDF tables of one image (both produce the same bytes).
 
 Writes a markdown table and ``data/benchmarks/codec_cpu.{json,md}`` with the command,
-git commit, CPU model, torch version, date and machine load.
+git commit, CPU model, torch version, date and machine load (``uptime``).
 
     python benchmarks/bench_codec.py                       # random-init codecs, N, M of the cpu preset
     python benchmarks/bench_codec.py --model CKPT          # a trained codec (rates meaningful)
@@ -22,20 +34,23 @@ import datetime
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from icmlib.evaluation.results import cpu_model, git_commit
+from icmlib.evaluation import cpu_model, git_commit
 from compressai import ans as compressai_ans
-from compressai.models import MeanScaleHyperprior
+from compressai.layers import ResidualBlock, ResidualBlockUpsample, conv3x3
+from compressai.models import Cheng2020Anchor, MeanScaleHyperprior
+from torch.utils.flop_counter import FlopCounterMode
 
-from icmlib.codec import ans
-from icmlib.codec.bitstream import compress_to_bytes, decompress_bytes, header_size
-from icmlib.codec.model import (ICMCodec, decode_image, encode_image, likelihood_bits,
+from icmlib.codec import (ICMCodec, compress_to_bytes, decode_image, decompress_bytes,
+                          encode_image, header_size, likelihood_bits, load_codec, pad,
                           run_codec)
+from icmlib.codec import ans
 from icmlib.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,26 +71,70 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def bench_transforms(ours, theirs, images, runs):
-    """Median encode/decode seconds per image size for both codecs, interleaved."""
+def residual_reference(N: int, M: int, blocks: int = 1) -> MeanScaleHyperprior:
+    """CompressAI's ``MeanScaleHyperprior(N, M)`` with cheng2020-anchor's residual transforms
+    (``Cheng2020Anchor(N)``'s g_a and g_s, their latent ends widened to M channels), keeping
+    ``blocks`` of its residual blocks per stage (1 in cheng2020-anchor, 0 in ours)."""
+    cheng = Cheng2020Anchor(N)
+    g_a, g_s = list(cheng.g_a), list(cheng.g_s)
+    g_a[-1] = conv3x3(N, M, stride=2)
+    g_s[0], g_s[1] = ResidualBlock(M, M), ResidualBlockUpsample(M, N, 2)
+    if not blocks:
+        g_a = [m for m in g_a if not isinstance(m, ResidualBlock)]
+        g_s = [m for m in g_s if not isinstance(m, ResidualBlock)]
+    net = MeanScaleHyperprior(N, M)
+    net.g_a, net.g_s = torch.nn.Sequential(*g_a), torch.nn.Sequential(*g_s)
+    return net
+
+
+def transform_flops(net, x) -> dict:
+    """FLOPs of the encoder's transforms (g_a, h_a) and the decoder's (h_s, g_s) on ``x``."""
+    def count(fn, *args):
+        with FlopCounterMode(display=False) as counter:
+            fn(*args)
+        return counter.get_total_flops()
+
+    with torch.no_grad():
+        y = net.g_a(pad(x))
+        z = net.h_a(y)
+        return {"encode": count(net.g_a, pad(x)) + count(net.h_a, y),
+                "decode": count(net.h_s, torch.round(z)) + count(net.g_s, torch.round(y))}
+
+
+def _time_models(models, x, times):
+    """One interleaved round on image ``x``: each model encodes, then decodes; ours also
+    decodes its .icm file (checked rANS)."""
+    for name, net in models.items():
+        e, te = timed(lambda: encode_image(net, x))
+        _, td = timed(lambda: decode_image(net, e["strings"], e["shape"], e["size"]))
+        times[f"enc_{name}"].append(te)
+        times[f"dec_{name}"].append(td)
+        if name == "ours":
+            data = compress_to_bytes(net, x)
+            _, tf = timed(lambda: decompress_bytes(net, data))
+            times["dec_file_ours"].append(tf)
+
+
+def bench_transforms(models, images, runs):
+    """Median encode/decode seconds per image size for every model, interleaved."""
     rows = []
     for size, imgs in images.items():
-        t = {k: [] for k in ("enc_ours", "enc_theirs", "dec_ours", "dec_theirs")}
+        times = {f"{k}_{n}": [] for n in models for k in ("enc", "dec")}
+        times["dec_file_ours"] = []
         for x in imgs:                                    # warm-up
-            for net in (ours, theirs):
-                e = encode_image(net, x)
-                decode_image(net, e["strings"], e["shape"], e["size"])
+            _time_models(models, x, {k: [] for k in times})
         for _ in range(runs):
             for x in imgs:
-                for name, net in (("ours", ours), ("theirs", theirs)):
-                    e, te = timed(lambda: encode_image(net, x))
-                    _, td = timed(lambda: decode_image(net, e["strings"], e["shape"], e["size"]))
-                    t[f"enc_{name}"].append(te)
-                    t[f"dec_{name}"].append(td)
-        med = {k: statistics.median(v) for k, v in t.items()}
-        rows.append({"size": size, "images": len(imgs), "runs": runs, **med,
-                     "encode_ratio": med["enc_ours"] / med["enc_theirs"],
-                     "decode_ratio": med["dec_ours"] / med["dec_theirs"]})
+                _time_models(models, x, times)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row = {"size": size, "images": len(imgs), "runs": runs, **med,
+               "flops": {n: transform_flops(net, imgs[0]) for n, net in models.items()}}
+        for n in models:
+            if n != "ours":
+                row[f"encode_ratio_{n}"] = med["enc_ours"] / med[f"enc_{n}"]
+                row[f"decode_ratio_{n}"] = med["dec_ours"] / med[f"dec_{n}"]
+        row["file_decode_ratio_theirs"] = med["dec_file_ours"] / med["dec_theirs"]
+        rows.append(row)
     return rows
 
 
@@ -133,23 +192,56 @@ def bench_ans(net, runs, n=50_000, seed=0):
     return res
 
 
+#: the models timed against ours, as the tables name them
+REFERENCES = {"theirs": "CompressAI MeanScaleHyperprior",
+              "theirs_cl": "MeanScaleHyperprior, channels-last",
+              "residual": "residual (cheng2020-anchor transforms)",
+              "same": "same transforms, CompressAI's code"}
+
+
+def _time_table(result, kind: str) -> list:
+    """Markdown rows of encode (``kind="enc"``) or decode seconds and ratios."""
+    names = ["ours", *REFERENCES]
+    head = ["image", *(f"{REFERENCES.get(n, n)} (s)" for n in names),
+            *(f"ours / {n}" for n in REFERENCES)]
+    if kind == "dec":
+        head += ["ours, .icm file (s)", "file / MeanScaleHyperprior"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["transforms"]:
+        word = "encode" if kind == "enc" else "decode"
+        cells = [r["size"], *(f"{r[f'{kind}_{n}']:.3f}" for n in names),
+                 *(f"**{r[f'{word}_ratio_{n}']:.2f}**" for n in REFERENCES)]
+        if kind == "dec":
+            cells += [f"{r['dec_file_ours']:.3f}", f"{r['file_decode_ratio_theirs']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _flops_table(result) -> list:
+    lines = ["| image | model | encoder GFLOPs (g_a + h_a) | decoder GFLOPs (h_s + g_s) |",
+             "|---|---|---|---|"]
+    for r in result["transforms"]:
+        for n, f in r["flops"].items():
+            lines.append(f"| {r['size']} | {REFERENCES.get(n, n)} | {f['encode'] / 1e9:.2f} | "
+                         f"{f['decode'] / 1e9:.2f} |")
+    return lines
+
+
 def markdown(result) -> str:
     lines = [f"# Codec benchmark on the CPU ({result['date']})", "",
              f"Command: `{result['command']}`  ",
              f"Commit: `{result['commit']}`; CPU: {result['cpu']}; torch {result['torch']}; "
-             f"{result['threads']} threads; load average at start {result['load_start']}, "
-             f"at end {result['load_end']}.  ",
-             f"Codecs: ICMCodec(N={result['N']}, M={result['M']}) vs CompressAI "
-             f"MeanScaleHyperprior(N={result['N']}, M={result['M']}); weights: "
-             f"{result['weights']}.", "",
-             "Other jobs shared the machine: compare the ratios (both codecs measured "
-             "interleaved in the same run), not the absolute times.", "",
-             "| image | encode ours (s) | encode CompressAI (s) | ratio | decode ours (s) | "
-             "decode CompressAI (s) | ratio |", "|---|---|---|---|---|---|---|"]
-    for r in result["transforms"]:
-        lines.append(f"| {r['size']} | {r['enc_ours']:.3f} | {r['enc_theirs']:.3f} | "
-                     f"{r['encode_ratio']:.2f} | {r['dec_ours']:.3f} | {r['dec_theirs']:.3f} | "
-                     f"{r['decode_ratio']:.2f} |")
+             f"{result['threads']} threads.  ",
+             f"Load: `{result['uptime_start']}` at start, `{result['uptime_end']}` at end.  ",
+             f"Codecs: ICMCodec(N={result['N']}, M={result['M']}) against CompressAI's "
+             f"MeanScaleHyperprior(N={result['N']}, M={result['M']}) and two residual models "
+             f"of the same N, M run by CompressAI's code (cheng2020-anchor's transforms; our "
+             f"transforms); weights: {result['weights']}.", "",
+             "Other jobs shared the machine: compare the ratios (the models measured "
+             "interleaved, image by image, in one process; medians), not the absolute times.",
+             "", "Encode:", "", *_time_table(result, "enc"), "", "Decode:", "",
+             *_time_table(result, "dec"), "", "Arithmetic of the transforms:", "",
+             *_flops_table(result)]
     lines += ["", "| image | file bits | likelihood bits | overhead | overhead w/o header |",
               "|---|---|---|---|---|"]
     for r in result["overhead"]:
@@ -165,6 +257,37 @@ def markdown(result) -> str:
     return "\n".join(lines) + "\n"
 
 
+def uptime() -> str:
+    """``uptime``'s line (load averages over 1, 5, 15 minutes), or the load averages alone."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "load average: " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def build_models(model_path, preset):
+    """Ours (from a checkpoint, or random init) and the references, random init, updated."""
+    if model_path:
+        ours = load_codec(model_path)
+        weights = f"ours from {model_path}, the references' random init"
+    else:
+        torch.manual_seed(0)
+        ours = ICMCodec(preset.codec_channels, preset.latent_channels).eval()
+        ours.update(force=True)
+        weights = "all random init (timings do not depend on training; rates do)"
+    N, M = ours.config["N"], ours.config["M"]
+    models = {"ours": ours}
+    channels_last = torch.channels_last
+    for name, make in (("theirs", lambda: MeanScaleHyperprior(N, M)),
+                       ("theirs_cl", lambda: MeanScaleHyperprior(N, M).to(memory_format=channels_last)),
+                       ("residual", lambda: residual_reference(N, M, blocks=1)),
+                       ("same", lambda: residual_reference(N, M, ours.config["blocks"]))):
+        torch.manual_seed(0)
+        models[name] = make().eval()
+        models[name].update(force=True)
+    return models, weights
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["256x256", "512x768"])
@@ -176,22 +299,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    load_start = os.getloadavg()[0]
-    preset = get_preset("cpu")
-    if args.model:
-        from icmlib.codec.model import load_codec
-        ours = load_codec(args.model)
-        weights = f"ours from {args.model}, CompressAI's random init"
-    else:
-        torch.manual_seed(0)
-        ours = ICMCodec(preset.codec_channels, preset.latent_channels).eval()
-        ours.update(force=True)
-        weights = "both random init (timings do not depend on training; rates do)"
-    N, M = ours.config["N"], ours.config["M"]
-    torch.manual_seed(0)
-    theirs = MeanScaleHyperprior(N, M).eval()
-    theirs.update(force=True)
-
+    uptime_start = uptime()
+    models, weights = build_models(args.model, get_preset("cpu"))
+    ours = models["ours"]
     images = {}
     for k, s in enumerate(args.sizes):
         h, w = (int(v) for v in s.split("x"))
@@ -200,12 +310,12 @@ def main(argv=None):
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
               "commit": git_commit(ROOT), "cpu": cpu_model(), "torch": torch.__version__,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "threads": args.threads, "N": N, "M": M, "weights": weights,
-              "load_start": round(load_start, 2)}
-    result["transforms"] = bench_transforms(ours, theirs, images, args.runs)
+              "threads": args.threads, "N": ours.config["N"], "M": ours.config["M"],
+              "weights": weights, "uptime_start": uptime_start}
+    result["transforms"] = bench_transforms(models, images, args.runs)
     result["overhead"] = bench_overhead(ours, images)
     result["ans"] = bench_ans(ours, args.runs)
-    result["load_end"] = round(os.getloadavg()[0], 2)
+    result["uptime_end"] = uptime()
 
     text = markdown(result)
     print(text)

@@ -8,14 +8,16 @@ device and thread count (:class:`ExactHyperSynthesis`), and the index search is 
 *and* fast (:class:`TableGaussianConditional`).
 
 The rest of decoding, the synthesis transform g_s on ŷ, decides no CDF: a last-bit
-difference there moves a pixel by 1e-7. It runs in PyTorch's fast kernels (oneDNN), but on
-one thread (:func:`on_one_thread`): oneDNN chooses how it blocks a convolution by the thread
-count, and its results then differ in the last bit between 1 and 2 threads (GDN's 1×1
-convolution at any size, 3×3 ones on small inputs from 8 threads), which flips a few pixels
-of an 8-bit image. On one thread the decoded file is the same whatever
-``torch.get_num_threads()`` -- the ``.icm`` promise -- as fast as oneDNN's single-thread
-kernels; PyTorch's reference kernels (oneDNN switched off, also thread-count independent)
-took twice as long (``benchmarks/bench_codec.py``).
+difference there moves a pixel by 1e-7. It runs in PyTorch's fast kernels (oneDNN, on
+channels-last tensors, its faster layout on the CPU), but on one thread
+(:func:`on_one_thread`): oneDNN chooses how it blocks a convolution by the thread count, and
+its results then differ in the last bit between 1 and 2 threads (GDN's 1×1 convolution at
+any size; 3×3 ones on small inputs), which flips a few pixels of an 8-bit image. On one
+thread the decoded file is the same whatever ``torch.get_num_threads()`` -- the ``.icm``
+promise. PyTorch's reference kernels (oneDNN switched off, what decoding used before) took
+about twice as long on one thread, and their results too changed with the thread count on
+some image sizes. The price: more threads do not speed up the synthesis
+(``benchmarks/bench_codec.py`` measures both).
 """
 from __future__ import annotations
 
