@@ -31,7 +31,10 @@ def _add_preset_option(parser) -> None:
 
 def _add_codec_commands(sub) -> None:
     model_help = ("codec checkpoint to use (a file written by icmlib.codec.model.save_codec, e.g. by "
-                  "'icm train'); default: the codec shipped with icmlib")
+                  "'icm train'), or zoo:NAME:QUALITY for a CompressAI codec pretrained on "
+                  "natural photos (zoo:mbt2018-mean:3, zoo:bmshj2018-hyperprior:4; downloaded "
+                  "once into torch's hub cache); default: the codec shipped with icmlib, "
+                  "trained on the synthetic world")
     p = sub.add_parser(
         "encode", help="compress an image (PNG, JPEG, ...) into an .icm file",
         description="Compress an image into an .icm file and print its real bits per pixel "
@@ -54,15 +57,22 @@ def _add_codec_commands(sub) -> None:
         description="Print an .icm file's header, streams and bits per pixel (no model "
                     "needed; with --model, also say whether that codec can decode it).")
     p.add_argument("input", help="the .icm file")
-    p.add_argument("--model", metavar="CKPT", help="also check this codec against the file")
+    p.add_argument("--model", metavar="CKPT", help="also check this codec (a checkpoint or "
+                                                   "zoo:NAME:QUALITY) against the file")
     p.set_defaults(func=_info_command)
 
 
 def _codec_for_cli(model):
-    from icmlib.codec.pretrained import ModelError, resolve_codec
+    """``--model``'s codec; a zoo codec's weights are downloaded once, unless
+    ``$ICM_OFFLINE`` is set (then a missing file is named, with where to put it)."""
+    import os
 
+    from icmlib.codec import ModelError, resolve_codec
+    from icmlib.data import hub_checkpoint
+
+    offline = os.environ.get("ICM_OFFLINE", "") not in ("", "0")
     try:
-        return resolve_codec(model)
+        return resolve_codec(model, download=None if offline else hub_checkpoint)
     except ModelError as e:
         raise CLIError(str(e)) from None
 
@@ -86,7 +96,7 @@ def _image_for_cli(path):
 
 
 def _read_icm_for_cli(path):
-    from icmlib.codec.bitstream import BitstreamError, read_icm
+    from icmlib.codec import BitstreamError, read_icm
 
     try:
         return read_icm(path)
@@ -97,11 +107,12 @@ def _read_icm_for_cli(path):
 def _encode_command(args) -> int:
     import torch
 
-    from icmlib.codec.bitstream import compress_image, header_size, pack, write_icm
-    from icmlib.codec.model import likelihood_bits, run_codec
+    from icmlib.codec import (compress_image, describe_codec, header_size, likelihood_bits, pack,
+                              run_codec, write_icm)
 
     image = _image_for_cli(args.image)
     net = _codec_for_cli(args.model)
+    print(f"codec: {describe_codec(net)}")
     try:
         data = pack(compress_image(net, image))
     except ValueError as e:
@@ -125,7 +136,7 @@ def _encode_command(args) -> int:
 def _decode_command(args) -> int:
     from pathlib import Path
 
-    from icmlib.codec.bitstream import BitstreamError, decompress_file
+    from icmlib.codec import BitstreamError, decompress_file
     from icmlib.data import save_image
 
     if Path(args.output).suffix.lower() != ".png":
@@ -146,8 +157,8 @@ def _decode_command(args) -> int:
 
 
 def _info_command(args) -> int:
-    from icmlib.codec.bitstream import VERSION, header_size, stream_names
-    from icmlib.codec.model import fingerprint
+    from icmlib.codec import fingerprint, header_size, stream_names
+    from icmlib.codec.bitstream import VERSION
 
     f = _read_icm_for_cli(args.input)
     zh, zw = f.latent_shape
@@ -351,7 +362,7 @@ def _cmd_evaluate(args) -> int:
         raise CLIError("nothing to evaluate: give --anchor NAME and/or --model CKPT")
     if args.images is not None and args.images < 1:
         raise CLIError(f"--images must be at least 1, got {args.images}")
-    from icmlib.codec.model import load_codec
+    from icmlib.codec import load_codec
     from icmlib.data import dataset_for
     from icmlib.evaluation import (EvaluationError, ResultsError, dataset_info, evaluate_codec,
                                    learned_codec, load_results, make_anchor, new_results,

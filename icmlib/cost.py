@@ -14,7 +14,7 @@ from typing import Dict, Optional
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from icmlib.codec.model import ICMCodec
+from icmlib.codec import ICMCodec
 from icmlib.presets import Preset, get_preset
 
 

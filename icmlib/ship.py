@@ -17,7 +17,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from icmlib.cache import atomic_save, atomic_write_text, checkpoint_path, config_key
-from icmlib.codec.model import CHECKPOINT_FORMAT
+from icmlib.codec import CHECKPOINT_FORMAT
 from icmlib.evaluation import REPRO_TASKS, cpu_model, git_commit
 from icmlib.shipped import (MANIFEST_NAME, map_tensors, entry_name, read_manifest, sha256_of,
                             shipped_dir, shipped_summary)

@@ -368,7 +368,7 @@ def test_unpack_strings_every_truncation_is_a_clear_error():
 
 @pytest.fixture(scope="module")
 def toy_nets():
-    from icmlib.codec.model import ICMCodec
+    from icmlib.codec import ICMCodec
     import copy
     torch.manual_seed(0)
     net = ICMCodec(N=8, M=8).eval()
@@ -382,7 +382,7 @@ def toy_nets():
 @pytest.mark.parametrize("container", ["icm", "raw"])
 def test_learned_codec_roundtrip(toy_nets, container):
     from icmlib.codec import bitstream
-    from icmlib.codec.model import decode_image, encode_image, fingerprint
+    from icmlib.codec import decode_image, encode_image, fingerprint
     codec = LearnedCodec(toy_nets, name="toy", container=container)
     assert codec.qualities == (0, 1) and codec.available()[0]
     img = synthetic_image(37, 21)

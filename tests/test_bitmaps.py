@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from icmlib.evaluation.bitmaps import bit_map, block_coverage, object_bit_share, object_mask, plot_bit_maps
-from icmlib.codec.model import ICMCodec
+from icmlib.codec import ICMCodec
 
 
 class _FakeCodec(torch.nn.Module):

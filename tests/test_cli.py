@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from icmlib.codec import pretrained
-from icmlib.codec.bitstream import compress_to_bytes, header_size, read_icm
+from icmlib.codec import compress_to_bytes, header_size, read_icm
 from icmlib.cli import main
-from icmlib.codec.model import ICMCodec, likelihood_bits, quantized_image, run_codec, save_codec
+from icmlib.codec import ICMCodec, likelihood_bits, quantized_image, run_codec, save_codec
 from icmlib.data import load_image
 
 
@@ -200,7 +200,7 @@ def test_info_shows_size_streams_bpp_and_fingerprint(files, capsys):
 def test_version_1_file_info_and_decode_say_to_encode_again(files, capsys):
     """A file of format version 1 (hyperprior in float32 on the encoder's device) is
     still described; decoding it is refused with what to do instead."""
-    from icmlib.codec.bitstream import pack, write_icm
+    from icmlib.codec import pack, write_icm
 
     path, old = files / "v2.icm", files / "v1.icm"
     icm("encode", files / "photo.png", path, "--model", files / "codec.pt")

@@ -15,7 +15,7 @@ import torch
 from icmlib import evaluation as ev
 from icmlib.evaluation import results as res
 from icmlib.evaluation import JPEG, LearnedCodec
-from icmlib.codec.model import ICMCodec
+from icmlib.codec import ICMCodec
 from icmlib.presets import get_preset
 
 PRESET = get_preset("ci")

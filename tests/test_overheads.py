@@ -103,7 +103,7 @@ def test_counted_bytes_are_what_the_decoder_reads(image, cls, setting):
 
 @pytest.fixture(scope="module")
 def toy_net():
-    from icmlib.codec.model import ICMCodec
+    from icmlib.codec import ICMCodec
 
     torch.manual_seed(0)
     net = ICMCodec(N=8, M=8).eval()
@@ -117,7 +117,7 @@ def test_learned_codec_counts_streams_and_side_information(image, toy_net, conta
     nothing else: the streams and the image size alone give the codec's image."""
     from icmlib.codec import bitstream
     from icmlib.evaluation.anchors import to_pil, unpack_strings
-    from icmlib.codec.model import STRIDE, decode_image, padding_for
+    from icmlib.codec import STRIDE, decode_image, padding_for
 
     codec = LearnedCodec([toy_net], "toy", container=container)
     data = codec.encode(image, 0)

@@ -7,7 +7,7 @@ import torch
 
 from icmlib import ship, shipped
 from icmlib.cache import config_key, train_or_load
-from icmlib.codec.model import decode_image, encode_image
+from icmlib.codec import decode_image, encode_image
 from icmlib.presets import get_preset
 from icmlib.training import codec_config, codec_for, codec_run
 

@@ -58,7 +58,7 @@ def _state(module):
 
 @pytest.mark.parametrize("task", tasks.TASKS)
 def test_frozen_task_never_changes_while_the_codec_learns(task, preset, batch):
-    from icmlib.codec.model import ICMCodec, run_codec
+    from icmlib.codec import ICMCodec, run_codec
 
     torch.manual_seed(0)
     # an untrained network with ordinary (not yet frozen) BatchNorm layers: the wrapper

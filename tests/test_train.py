@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from icmlib.codec import losses as losses_module
-from icmlib.codec.model import load_codec
+from icmlib.codec import load_codec
 from icmlib.presets import get_preset
 from icmlib.training import (Dynamic, TrainingDiverged, codec_for, read_log, resolve_rate,
                              train_codec)
@@ -144,7 +144,7 @@ def _ddp_worker(rank, world, port, out_dir, cache):
 def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     import torch.multiprocessing as mp
 
-    from icmlib.codec.model import ICMCodec
+    from icmlib.codec import ICMCodec
     from icmlib.data import dataset_for
 
     dataset_for(ci(), "train")  # generate the world once, before the ranks start
@@ -239,7 +239,7 @@ def test_variable_rate_recipe_one_codec_serves_every_rate(tmp_path, monkeypatch)
     monkeypatch.setenv("ICM_CACHE", str(tmp_path))
     import math
 
-    from icmlib.codec.model import AtRate
+    from icmlib.codec import AtRate
     from icmlib.training import codec_config, codec_parent, codec_run
 
     p = ci(variable_rate=True, codec_steps=4, codec_finetune_steps=4, icm_steps=4,

@@ -105,7 +105,7 @@ def task_networks(tasks: Iterable[str] = DEFAULT_TASKS, preset=None, *,
 
 def network_fingerprint(net: torch.nn.Module) -> str:
     """Hex fingerprint of a network's weights (keys cached evaluations)."""
-    from icmlib.codec.model import fingerprint
+    from icmlib.codec import fingerprint
 
     return fingerprint(net).hex()
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from icmlib.codec.model import STRIDE, pad, padding_for
+from icmlib.codec import STRIDE, pad, padding_for
 
 #: pixels per latent position of the main stream (y is 1/16 of the image)
 LATENT_STRIDE = 16

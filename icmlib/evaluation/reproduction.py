@@ -316,7 +316,7 @@ def _reproduce(preset, out, progress, command, force_evaluation) -> Dict[str, An
 
 def _evaluate_learned(ckpts, preset, dataset, networks, progress, force_evaluation):
     """Every learned codec's entry (cached by its weights), and its networks by rate."""
-    from icmlib.codec.model import fingerprint
+    from icmlib.codec import fingerprint
     from icmlib.training import codec_at_rate
 
     entries = []

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch.nn as nn
 
 from icmlib.cache import cache_dir, config_key, train_or_load
-from icmlib.codec.model import at_rate, load_codec
+from icmlib.codec import at_rate, load_codec
 from icmlib.presets import Preset, get_preset
 from icmlib.training import codec
 from icmlib.training.recipe import _codec_config, codec_parent, recipe_rate

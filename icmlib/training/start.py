@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 import torch.nn as nn
 
-from icmlib.codec.model import ICMCodec, load_codec
+from icmlib.codec import ICMCodec, load_codec
 from icmlib.presets import Preset
 
 __all__ = ["configure_optimizers", "lr_milestones", "init_identity", "build_codec"]

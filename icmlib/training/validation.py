@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from icmlib.codec import losses
-from icmlib.codec.model import ICMCodec, decode_image, encode_image, quantized_image, run_codec
+from icmlib.codec import ICMCodec, decode_image, encode_image, quantized_image, run_codec
 
 __all__ = ["validate_codec"]
 

@@ -96,7 +96,7 @@ class LearnedCodec(Codec):
         return self._loaded[index]
 
     def _fingerprint_at(self, index: int) -> bytes:
-        from icmlib.codec.model import fingerprint
+        from icmlib.codec import fingerprint
         if index not in self._fingerprints:
             self._fingerprints[index] = fingerprint(self._model_at(index))
         return self._fingerprints[index]
@@ -115,7 +115,7 @@ class LearnedCodec(Codec):
             except bitstream.BitstreamError as err:
                 raise ValueError(f"{self.name}: the .icm container cannot describe this "
                                  f"model's output ({err}); use container='raw'") from None
-        from icmlib.codec.model import encode_image
+        from icmlib.codec import encode_image
         enc = encode_image(net, x)
         return pack_strings(index, enc["size"], enc["shape"], enc["strings"])
 
@@ -144,7 +144,7 @@ class LearnedCodec(Codec):
             raise bitstream.BitstreamError(
                 f"{self.name}: this file was written by model {f.fingerprint.hex()}, which is "
                 f"none of this codec's {len(self.qualities)} model(s)")
-        from icmlib.codec.model import decode_image
+        from icmlib.codec import decode_image
         index, size, shape, strings = unpack_strings(data)
         if index >= len(self.qualities):
             raise ValueError(f"{self.name}: bitstream names setting #{index}, but this codec has "
