@@ -31,7 +31,10 @@ def _add_preset_option(parser) -> None:
 
 def _add_codec_commands(sub) -> None:
     model_help = ("codec checkpoint to use (a file written by icmlib.codec.model.save_codec, e.g. by "
-                  "'icm train'); default: the codec shipped with icmlib")
+                  "'icm train'), or zoo:NAME:QUALITY for a CompressAI codec pretrained on "
+                  "natural photos (zoo:mbt2018-mean:3, zoo:bmshj2018-hyperprior:4; downloaded "
+                  "once into torch's hub cache); default: the codec shipped with icmlib, "
+                  "trained on the synthetic world")
     p = sub.add_parser(
         "encode", help="compress an image (PNG, JPEG, ...) into an .icm file",
         description="Compress an image into an .icm file and print its real bits per pixel "
@@ -54,15 +57,22 @@ def _add_codec_commands(sub) -> None:
         description="Print an .icm file's header, streams and bits per pixel (no model "
                     "needed; with --model, also say whether that codec can decode it).")
     p.add_argument("input", help="the .icm file")
-    p.add_argument("--model", metavar="CKPT", help="also check this codec against the file")
+    p.add_argument("--model", metavar="CKPT", help="also check this codec (a checkpoint or "
+                                                   "zoo:NAME:QUALITY) against the file")
     p.set_defaults(func=_info_command)
 
 
 def _codec_for_cli(model):
-    from icmlib.codec import ModelError, resolve_codec
+    """``--model``'s codec; a zoo codec's weights are downloaded once, unless
+    ``$ICM_OFFLINE`` is set (then a missing file is named, with where to put it)."""
+    import os
 
+    from icmlib.codec import ModelError, resolve_codec
+    from icmlib.data import hub_checkpoint
+
+    offline = os.environ.get("ICM_OFFLINE", "") not in ("", "0")
     try:
-        return resolve_codec(model)
+        return resolve_codec(model, download=None if offline else hub_checkpoint)
     except ModelError as e:
         raise CLIError(str(e)) from None
 
@@ -97,10 +107,12 @@ def _read_icm_for_cli(path):
 def _encode_command(args) -> int:
     import torch
 
-    from icmlib.codec import compress_image, header_size, likelihood_bits, pack, run_codec, write_icm
+    from icmlib.codec import (compress_image, describe_codec, header_size, likelihood_bits, pack,
+                              run_codec, write_icm)
 
     image = _image_for_cli(args.image)
     net = _codec_for_cli(args.model)
+    print(f"codec: {describe_codec(net)}")
     try:
         data = pack(compress_image(net, image))
     except ValueError as e:

@@ -12,6 +12,7 @@
 ``probability`` the probability model taken apart: real vs estimated bits, noise vs rounding
 ``losses``      the loss terms: rate, MSE, task (``from icmlib.codec import losses``)
 ``pretrained``  the shipped default codec, or a checkpoint named on the command line
+``zoo``         CompressAI's pretrained codecs (``zoo:NAME:QUALITY``): cached weights, loading
 =============== ==========================================================================
 """
 # model first: it silences CompressAI's import-time deprecation notice before anything loads it
@@ -27,7 +28,9 @@ from icmlib.codec.bitstream import (BitstreamError, ICMFile, check_model, compre
                                     write_icm)
 from icmlib.codec.losses import loss_terms, mse_loss, psnr_from_mse, rate_bpp, task_loss, total_loss
 from icmlib.codec.determinism import ExactHyperSynthesis, TableGaussianConditional
-from icmlib.codec.pretrained import DEFAULT_CHECKPOINT, ModelError, default_codec, resolve_codec
+from icmlib.codec.pretrained import (DEFAULT_CHECKPOINT, ModelError, default_codec, describe_codec,
+                                     resolve_codec)
+from icmlib.codec.zoo import ZOO_MODELS, zoo_codec, zoo_weights
 from icmlib.codec.probability import (bits_per_element, compare_noise_and_rounding,
                                       decode_keeping_channels, empirical_entropy_bits,
                                       factorized_prior_bits, noise_vs_rounding, rate_report)
@@ -41,7 +44,9 @@ __all__ = [
     "likelihood_bits", "quantized_image", "fingerprint",
     # checkpoints and the default codec
     "CHECKPOINT_FORMAT", "codec_checkpoint", "save_codec", "load_codec", "default_codec",
-    "resolve_codec", "DEFAULT_CHECKPOINT", "ModelError",
+    "resolve_codec", "DEFAULT_CHECKPOINT", "ModelError", "describe_codec",
+    # CompressAI's pretrained codecs (--model zoo:NAME:QUALITY)
+    "ZOO_MODELS", "zoo_codec", "zoo_weights",
     # rANS
     "RansEncoder", "RansDecoder", "RansError", "quantize_cdf", "use_icmlib_ans",
     # the .icm file

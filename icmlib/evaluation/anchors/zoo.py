@@ -1,6 +1,7 @@
 """CompressAI's pretrained zoo models as learned anchors, downloaded once or never.
 
-Weights come from torch.hub's cache; with no network the anchor is unavailable with a
+Weights come from torch.hub's cache (where they are is :func:`icmlib.codec.zoo_weights`, which
+``icm --model zoo:NAME:QUALITY`` uses too); with no network the anchor is unavailable with a
 message naming the file to put in place, never a crash or a silent download.
 """
 from __future__ import annotations
@@ -8,26 +9,9 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence, Tuple
 
+from icmlib.codec import zoo_weights
 from icmlib.evaluation.anchors.base import AnchorUnavailable
 from icmlib.evaluation.anchors.learned import LearnedCodec
-
-
-def _zoo_url(name: str, quality: int, metric: str) -> str:
-    from compressai.zoo import image as zoo_image
-    if name not in zoo_image.model_urls:
-        raise ValueError(f"no pretrained CompressAI weights for {name!r}; choose one of "
-                         f"{sorted(zoo_image.model_urls)}")
-    urls = zoo_image.model_urls[name]
-    if metric not in urls or quality not in urls[metric]:
-        raise ValueError(f"no pretrained {name!r} weights for metric={metric!r}, "
-                         f"quality={quality!r}; available: "
-                         f"{ {m: sorted(q) for m, q in urls.items()} }")
-    return urls[metric][quality]
-
-
-def _zoo_cache_file(url: str) -> str:
-    import torch
-    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
 
 
 def compressai_zoo(name: str, quality: int, metric: str = "mse", offline: Optional[bool] = None):
@@ -39,8 +23,7 @@ def compressai_zoo(name: str, quality: int, metric: str = "mse", offline: Option
     raises ``AnchorUnavailable`` naming the URL and the file to put in place.
     """
     from compressai import zoo
-    url = _zoo_url(name, quality, metric)
-    cached = _zoo_cache_file(url)
+    url, cached = zoo_weights(name, quality, metric)
     if offline is None:
         offline = os.environ.get("ICM_OFFLINE", "") not in ("", "0")
     if not os.path.isfile(cached) and offline:
@@ -69,12 +52,12 @@ class _ZooLoader:
 
     def __init__(self, name: str, quality: int, metric: str):
         self.name, self.quality, self.metric = name, quality, metric
-        self.url = _zoo_url(name, quality, metric)
+        self.url = zoo_weights(name, quality, metric)[0]
 
     def available(self) -> Tuple[bool, str]:
-        cached = _zoo_cache_file(self.url)
+        cached = zoo_weights(self.name, self.quality, self.metric)[1]
         if os.path.isfile(cached):
-            return True, cached
+            return True, str(cached)
         return False, (f"weights not cached: run icmlib.evaluation.anchors.compressai_zoo({self.name!r}, "
                        f"{self.quality}) with network access once (downloads {self.url})")
 
