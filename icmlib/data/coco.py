@@ -154,6 +154,8 @@ class CocoDataset(torch.utils.data.Dataset):
         an object a detector should be asked to find. Objects untouched by the crop
         are always kept. Boxes are recomputed from the cropped masks.
 
+    Notes
+    -----
     The semantic map is painted from all (non-crowd) instance masks *before* dropping,
     larger objects first, so every visible pixel of an object keeps its class.
     """

@@ -130,7 +130,7 @@ def boundary_f1(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: Optional[int] = None,
               smooth: float = 1.0) -> torch.Tensor:
-    """Soft multiclass Dice loss: 1 - mean over classes of 2|P∩T| / (|P| + |T|).
+    """Soft multiclass Dice loss: ``1 - mean over classes of 2|P∩T| / (|P| + |T|)``.
 
     ``P`` are the softmax probabilities and ``T`` the one-hot target, summed over the
     batch and all pixels, so the loss is differentiable. Every class weighs the same
