@@ -220,3 +220,25 @@ def test_compressai_adapter_refuses_values_compressai_cannot_hold():
     assert ans.decode_with_indexes(data, [0], cdfs, lengths, offsets) == [2 ** 40]
     with pytest.raises(ans.RansError, match="32 bits"):
         ans.CompressAICoder().decode_with_indexes(data, [0], cdfs, lengths, offsets)
+
+
+def test_checked_decoding_makes_no_python_call_per_symbol():
+    """Every .icm file's streams go through ``decode_with_indexes``: its loop must make no
+    Python call per symbol (``RansDecoder.peek``/``.advance`` per symbol cost 40 % of the
+    decoding time), only for the rare bypassed values."""
+    import sys
+
+    rng = np.random.default_rng(3)
+    cdfs, lengths, offsets = compressai_tables(rng, 4)
+    n = 5000
+    idx = rng.integers(0, 4, n)
+    sym = rng.integers(0, lengths[idx] - 2) + offsets[idx]      # no escapes
+    args = (sym.tolist(), idx.tolist(), cdfs.tolist(), lengths.tolist(), offsets.tolist())
+    data = ans.encode_with_indexes(*args)
+    calls = []
+    sys.setprofile(lambda frame, event, arg: calls.append(1) if event == "call" else None)
+    try:
+        decoded = ans.decode_with_indexes(data, *args[1:])
+    finally:
+        sys.setprofile(None)
+    assert decoded == args[0] and len(calls) < 100, len(calls)
