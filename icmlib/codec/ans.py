@@ -260,6 +260,14 @@ def _check_symbols(sym: np.ndarray, idx: np.ndarray, tables: List[np.ndarray]) -
                         f"[0, {n_symbols[idx[bad]]})")
 
 
+def _padded_table(tables) -> np.ndarray:
+    """The CDFs as one zero-padded 2-D array, so every symbol's slot is one vectorised look-up."""
+    table = np.zeros((len(tables), max(len(c) for c in tables)), dtype=np.int64)
+    for i, c in enumerate(tables):
+        table[i, :len(c)] = c
+    return table
+
+
 def encode(symbols: ArrayLike, cdfs, indexes: Optional[ArrayLike] = None,
            precision: int = PRECISION, **coder_args) -> bytes:
     """rANS-code ``symbols`` (integers ``0 <= s < len(cdf) - 1``).
@@ -272,10 +280,7 @@ def encode(symbols: ArrayLike, cdfs, indexes: Optional[ArrayLike] = None,
     idx = _as_indexes(indexes, sym.size, len(tables))
     _check_symbols(sym, idx, tables)
     # Vectorised look-up of every symbol's slot range; only the state update loops.
-    width = max(len(c) for c in tables)
-    table = np.zeros((len(tables), width), dtype=np.int64)
-    for i, c in enumerate(tables):
-        table[i, :len(c)] = c
+    table = _padded_table(tables)
     starts = table[idx, sym]
     freqs = table[idx, sym + 1] - starts
     enc = RansEncoder(**coder_args)
@@ -478,9 +483,6 @@ def ideal_bits(symbols: ArrayLike, cdfs, indexes: Optional[ArrayLike] = None,
     tables = _as_tables(cdfs, precision)
     idx = _as_indexes(indexes, sym.size, len(tables))
     _check_symbols(sym, idx, tables)
-    width = max(len(c) for c in tables)
-    table = np.zeros((len(tables), width), dtype=np.int64)
-    for i, c in enumerate(tables):
-        table[i, :len(c)] = c
+    table = _padded_table(tables)
     freqs = table[idx, sym + 1] - table[idx, sym]
     return float(np.sum(precision - np.log2(freqs)))
