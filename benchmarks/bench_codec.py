@@ -1,8 +1,9 @@
 """Benchmark: our codec vs CompressAI's MeanScaleHyperprior on the CPU, and icmlib.codec.ans.
 
-Measures, on the same images and in the same process, the models *interleaved* (A, B, C, A,
-B, C ... for every image and repeat, medians over the repeats), so that machine load hits
-them alike -- compare the *ratios*, not the absolute times:
+Measures, on the same images and in the same process, the models *interleaved* (A, B, C,
+then C, B, A ... for every image and round), so that machine load hits them alike --
+compare the *ratios* (medians over rounds of the ratios within a round), not the absolute
+times:
 
 * encode and decode time per image of ``ICMCodec(N, M)`` against CompressAI's
   ``MeanScaleHyperprior(N, M)`` as CompressAI runs it (issue 11's target: both ratios
@@ -123,19 +124,26 @@ def bench_transforms(models, images, runs):
         times["dec_file_ours"] = []
         for x in imgs:                                    # warm-up
             _time_models(models, x, {k: [] for k in times})
-        for _ in range(runs):
+        for run in range(runs):                          # every other round in reverse order
+            order = dict(reversed(models.items())) if run % 2 else models
             for x in imgs:
-                _time_models(models, x, times)
+                _time_models(order, x, times)
         med = {k: statistics.median(v) for k, v in times.items()}
         row = {"size": size, "images": len(imgs), "runs": runs, **med,
                "flops": {n: transform_flops(net, imgs[0]) for n, net in models.items()}}
         for n in models:
             if n != "ours":
-                row[f"encode_ratio_{n}"] = med["enc_ours"] / med[f"enc_{n}"]
-                row[f"decode_ratio_{n}"] = med["dec_ours"] / med[f"dec_{n}"]
-        row["file_decode_ratio_theirs"] = med["dec_file_ours"] / med["dec_theirs"]
+                row[f"encode_ratio_{n}"] = _paired_ratio(times["enc_ours"], times[f"enc_{n}"])
+                row[f"decode_ratio_{n}"] = _paired_ratio(times["dec_ours"], times[f"dec_{n}"])
+        row["file_decode_ratio_theirs"] = _paired_ratio(times["dec_file_ours"], times["dec_theirs"])
         rows.append(row)
     return rows
+
+
+def _paired_ratio(ours, theirs) -> float:
+    """The median, over rounds, of the ratio of two times measured in the same round on the
+    same image: the load of that moment cancels, where a ratio of medians would mix moments."""
+    return statistics.median(a / b for a, b in zip(ours, theirs))
 
 
 def bench_overhead(net, images):
@@ -237,8 +245,10 @@ def markdown(result) -> str:
              f"MeanScaleHyperprior(N={result['N']}, M={result['M']}) and two residual models "
              f"of the same N, M run by CompressAI's code (cheng2020-anchor's transforms; our "
              f"transforms); weights: {result['weights']}.", "",
-             "Other jobs shared the machine: compare the ratios (the models measured "
-             "interleaved, image by image, in one process; medians), not the absolute times.",
+             "Other jobs shared the machine: compare the ratios, not the absolute times. The "
+             "models run interleaved, image by image, in one process (every other round in "
+             "reverse order); times are medians, a ratio is the median over rounds of the "
+             "ratio of two times measured in the same round.",
              "", "Encode:", "", *_time_table(result, "enc"), "", "Decode:", "",
              *_time_table(result, "dec"), "", "Arithmetic of the transforms:", "",
              *_flops_table(result)]
