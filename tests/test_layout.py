@@ -24,7 +24,7 @@ LAYERS = [
     ("tasks",),                        # task networks and the frozen task
     ("training",),                     # training codecs: recipes, weighting, the codec step
     ("evaluation",),                   # anchors, evaluation, BD-rate, results, reproduction
-    ("cli", "widgets", "cost", "ship", "book"),   # what readers and maintainers run
+    ("cli", "widgets", "cost", "ship", "book", "listing"),   # what readers and maintainers run
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
