@@ -466,3 +466,13 @@ def test_rd_points_every_available_anchor():
         pts = rd_points(codec, img, [codec.qualities[-1]])
         assert pts[0]["bytes"] > 0 and pts[0]["bpp"] == pytest.approx(pts[0]["bytes"] / 512)
         assert pts[0]["psnr"] > 25, (codec.name, pts)
+
+
+@pytest.mark.parametrize("cls, bad, label", [("HEVC", 52, "QP must be in 0..51"),
+                                             ("AV1", -1, "CRF must be in 0..63")])
+def test_video_anchor_settings_out_of_range_are_refused(cls, bad, label):
+    from icmlib.evaluation.anchors import ffmpeg
+    codec = getattr(ffmpeg, cls)()
+    with pytest.raises(ValueError, match=label):
+        codec._encoder_args(bad)
+    assert codec._encoder_args(codec.setting_range[1])  # the edge of the range is accepted

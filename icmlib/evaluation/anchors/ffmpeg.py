@@ -48,6 +48,7 @@ class FFmpegCodec(Codec):
     encoder: str = ""
     bitstream_format: str = ""   # ffmpeg muxer / demuxer of the raw elementary stream
     library: str = ""
+    setting_range: Tuple[int, int] = (0, 0)   # valid quality settings (QP, CRF), inclusive
 
     def __init__(self, qualities: Optional[Sequence] = None, chroma: str = "420",
                  ffmpeg: Optional[str] = None):
@@ -57,6 +58,15 @@ class FFmpegCodec(Codec):
             raise ValueError(f"chroma must be '420' or '444', got {chroma!r}")
         self.chroma = chroma
         self._ffmpeg = ffmpeg
+
+    def _setting(self, quality) -> int:
+        """``quality`` as the encoder's integer setting, refused outside ``setting_range``."""
+        low, high = self.setting_range
+        value = int(quality)
+        if not low <= value <= high:
+            raise ValueError(f"{self.name.upper()} {self.quality_label} must be in "
+                             f"{low}..{high}, got {quality!r}")
+        return value
 
     @property
     def ffmpeg(self) -> Optional[str]:
@@ -115,15 +125,14 @@ class HEVC(FFmpegCodec):
     rate_format = "sized-hevc"   # the 4-byte size prefix, then the Annex-B stream
     quality_label = "QP"
     qualities = (51, 47, 44, 41, 38, 35, 32, 29, 26)
+    setting_range = (0, 51)
 
     def __init__(self, qualities=None, chroma="420", ffmpeg=None, preset: str = "medium"):
         super().__init__(qualities, chroma, ffmpeg)
         self.preset = preset
 
     def _encoder_args(self, quality) -> List[str]:
-        qp = int(quality)
-        if not 0 <= qp <= 51:
-            raise ValueError(f"HEVC QP must be in 0..51, got {quality!r}")
+        qp = self._setting(quality)
         return ["-c:v", "libx265", "-preset", self.preset, "-tune", "psnr", "-x265-params",
                 f"qp={qp}:keyint=1:info=0:log-level=error:aud=0:repeat-headers=0"]
 
@@ -137,15 +146,14 @@ class AV1(FFmpegCodec):
     rate_format = "sized-av1"    # the 4-byte size prefix, then the OBU stream
     quality_label = "CRF"
     qualities = (63, 58, 53, 48, 43, 38, 33, 28, 23)
+    setting_range = (0, 63)
 
     def __init__(self, qualities=None, chroma="420", ffmpeg=None, cpu_used: int = 6):
         super().__init__(qualities, chroma, ffmpeg)
         self.cpu_used = cpu_used
 
     def _encoder_args(self, quality) -> List[str]:
-        crf = int(quality)
-        if not 0 <= crf <= 63:
-            raise ValueError(f"AV1 CRF must be in 0..63, got {quality!r}")
+        crf = self._setting(quality)
         return ["-c:v", "libaom-av1", "-usage", "allintra", "-still-picture", "1",
                 "-crf", str(crf), "-b:v", "0", "-cpu-used", str(self.cpu_used),
                 "-threads", "1"]
