@@ -1,7 +1,7 @@
 """Shipping the reproduction's trained checkpoints (the project's maintainers).
 
-``python -m icmlib.ship --preset cpu --trained-at COMMIT`` copies every checkpoint of the
-reproduction that ``$ICM_CACHE`` holds into ``icmlib/weights/shipped/`` in its compact form
+``python -m icmlib.ship --preset cpu --trained-at COMMIT [--book]`` copies every checkpoint
+of the reproduction (with ``--book``, also of the book's chapters) that ``$ICM_CACHE`` holds into ``icmlib/weights/shipped/`` in its compact form
 (float16; a codec without its CDF tables, which :mod:`icmlib.shipped` rebuilds on load, and
 with a thinned training log) and records each in the manifest with its sha256, command,
 commit, steps, wall time and hardware. What is not trained yet is listed, not trained.
@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 
-from icmlib.cache import atomic_save, atomic_write_text, checkpoint_path, config_key
+from icmlib.cache import atomic_save, atomic_write_text, cache_dir, checkpoint_path, config_key
 from icmlib.codec import CHECKPOINT_FORMAT
 from icmlib.evaluation import REPRO_TASKS, cpu_model, git_commit
 from icmlib.shipped import (MANIFEST_NAME, map_tensors, entry_name, read_manifest, sha256_of,
@@ -119,6 +119,41 @@ def ship_from_cache(preset, trained_at: str, *, directory: Optional[Path] = None
     return done
 
 
+#: what the book's chapters train beyond the reproduction: the semantic U-Net (chapter 7,
+#: s4) and the segmentation chapters' networks, plus the codecs of tasks the reproduction
+#: does not cover (s4's semantic ICM codec)
+BOOK_KINDS = ("task-semantic", "segmenter", "segmenter-recipe", "segmenter-source",
+              "segmenter-transfer")
+
+
+def ship_cached(kind: str, trained_at: str, *, preset_name: str,
+                where: Callable[[Mapping[str, Any]], bool] = lambda config: True,
+                directory: Optional[Path] = None) -> list:
+    """Ship every ``kind`` checkpoint in ``$ICM_CACHE`` whose configuration passes ``where``.
+
+    The configuration is the ``<key>.json`` the cache writes beside each ``<key>.pt``; a
+    file whose configuration does not hash to its name (edited, or written by other code)
+    is skipped and said, never shipped under a key it does not have. Only configurations
+    of ``preset_name`` are shipped. Returns ``[(kind, key, status)]``.
+    """
+    folder = cache_dir("checkpoints", kind)
+    done = []
+    for path in sorted(folder.glob("*.pt")):
+        key, meta = path.stem, path.with_suffix(".json")
+        config = json.loads(meta.read_text()) if meta.is_file() else None
+        if config is None or config_key(config) != key:
+            done.append((kind, key, "skipped: its configuration is missing or does not hash to its name"))
+            continue
+        if config.get("preset", preset_name) != preset_name or not where(config):
+            continue
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+        steps, seconds, how = _provenance(kind, obj, config, preset_name)
+        entry = ship(kind, config, obj, command=how, trained_at=trained_at, steps=steps,
+                     wall_seconds=seconds, directory=directory)
+        done.append((kind, key, f"shipped {entry['file']} ({entry['bytes'] / 1e6:.1f} MB)"))
+    return done
+
+
 def _provenance(kind: str, obj: Mapping[str, Any], config: Mapping[str, Any], preset):
     """(steps, wall seconds, command) of a cached checkpoint."""
     if kind == "codec":
@@ -127,10 +162,15 @@ def _provenance(kind: str, obj: Mapping[str, Any], config: Mapping[str, Any], pr
         if seconds is None:
             seconds = sum(float(r.get("seconds") or 0) for r in obj.get("logs", {}).get("train", []))
         return meta.get("steps"), seconds, meta.get("command") or "icm reproduce"
+    name = getattr(preset, "name", preset)
+    if kind.startswith("segmenter"):
+        return (obj.get("steps_run", config.get("steps")), obj.get("train_seconds"),
+                f"icmlib.segmentation ({kind}, kind={config.get('kind')!r}) in make book, "
+                f"preset {name}")
     metrics = obj.get("metrics", {})
     task = kind.split("-", 1)[1]
     return (config.get("steps"), metrics.get("train_seconds"),
-            f"icm train-task --task {task} --preset {preset.name}")
+            f"icm train-task --task {task} --preset {name}")
 
 
 def main(argv=None) -> int:
@@ -144,9 +184,19 @@ def main(argv=None) -> int:
                     "icmlib/weights/shipped with their manifest entries; list what is missing.")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--trained-at", required=True, help="the commit whose code trained them")
+    parser.add_argument("--book", action="store_true",
+                        help="also ship what the book's chapters train beyond the reproduction "
+                             f"(kinds {', '.join(BOOK_KINDS)}, and codecs for the semantic task), "
+                             "as $ICM_CACHE holds them after `make book`")
     args = parser.parse_args(argv)
-    for kind, key, status in ship_from_cache(get_preset(args.preset), args.trained_at):
-        print(f"{kind:16s} {key}  {status}")
+    done = ship_from_cache(get_preset(args.preset), args.trained_at)
+    if args.book:
+        for kind in BOOK_KINDS:
+            done += ship_cached(kind, args.trained_at, preset_name=args.preset)
+        done += ship_cached("codec", args.trained_at, preset_name=args.preset,
+                            where=lambda config: config.get("task") == "semantic")
+    for kind, key, status in done:
+        print(f"{kind:18s} {key}  {status}")
     s = shipped_summary()
     print(f"shipped set: {s['files']} files, {s['megabytes']:.1f} MB, "
           f"{s['train_hours']:.2f} h of training")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from icmlib import ship, shipped
-from icmlib.cache import config_key, train_or_load
+from icmlib.cache import checkpoint_path, config_key, train_or_load
 from icmlib.codec import decode_image, encode_image
 from icmlib.presets import get_preset
 from icmlib.training import codec_config, codec_for, codec_run
@@ -139,3 +139,29 @@ def test_ship_from_cache_ships_what_is_trained_and_lists_the_rest(tmp_path, monk
     assert sum(s.startswith("shipped") for s in status.values()) == 1
     entry = shipped.read_manifest()["entries"][f"codec/{mse_key}"]
     assert entry["steps"] == 2 and entry["wall_seconds"] > 0 and entry["trained_at"] == "abc"
+
+
+def test_ship_cached_ships_the_books_networks_by_their_stored_configuration(tmp_path, monkeypatch):
+    """`python -m icmlib.ship --book`: what the chapters trained (segmenters here) ships under
+    the key its stored configuration hashes to; a file whose configuration was edited is not."""
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "set"
+    monkeypatch.setenv("ICM_SHIPPED_DIR", str(folder))
+    monkeypatch.delenv(shipped.RETRAIN_ENV, raising=False)
+    net = {"state_dict": {"w": torch.randn(3, 3)}, "train_seconds": 12.5, "steps_run": 30,
+           "val": {"miou": 0.5}}
+    good = {"kind": "unet", "steps": 30, "width": 8}
+    edited = {"kind": "fcn", "steps": 30, "width": 8}
+    train_or_load("segmenter", good, lambda: net)
+    train_or_load("segmenter", edited, lambda: net)
+    meta = checkpoint_path("segmenter", edited).with_suffix(".json")
+    meta.write_text(meta.read_text().replace('"fcn"', '"dilated"'))
+    done = {key: status for _, key, status in
+            ship.ship_cached("segmenter", "abc1234", preset_name="cpu")}
+    assert done[config_key(good)].startswith("shipped")
+    assert done[config_key(edited)].startswith("skipped")
+    entry = shipped.read_manifest(folder)["entries"][f"segmenter/{config_key(good)}"]
+    assert entry["steps"] == 30 and entry["wall_seconds"] == 12.5 and entry["trained_at"] == "abc1234"
+    (tmp_path / "cache").rename(tmp_path / "old-cache")  # a fresh clone: nothing cached
+    loaded = train_or_load("segmenter", good, lambda: pytest.fail("must load the shipped one"))
+    assert torch.equal(loaded["state_dict"]["w"], net["state_dict"]["w"].half().float())
