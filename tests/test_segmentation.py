@@ -328,7 +328,7 @@ def test_segmenter_for_trains_once_then_loads(tmp_path, monkeypatch):
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k])
     with pytest.raises(ValueError, match="unknown segmenter"):
-        seg.segmenter_for("deeplab", preset)
+        seg.segmenter_for("not_a_segmenter", preset)
 
 
 def test_segmenter_cache_key_follows_the_world_generator_version(monkeypatch):

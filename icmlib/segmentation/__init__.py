@@ -6,19 +6,23 @@
 ``data``       the preset's images and masks as tensors; resizing, normalising, augmenting
 ``models``     the networks: patch classifier, FCN, U-Net (also on torchvision backbones),
                and the generative segmenters' discriminator and VAE
-``train``      the training loop, and train-or-load of the book's named segmenters
+``dilated``    dilated (atrous) convolutions: ASPP and a small DeepLab
+``train``      the training loop, train-or-load of the book's named segmenters, and the
+               test-split scores the chapters report
 ``cost``       time and memory, measured: sliding window vs dense, full resolution vs U-Net
 ``generative`` the cGAN and VAE segmenters' losses
-``transfer``   transfer learning: a pretrained backbone in four regimes; ImageNet backbones
+``transfer``   transfer learning: a pretrained backbone in five regimes (staged unfreezing
+               among them), with and without augmentation; ImageNet backbones
 ``viz``        coloured label maps, error overlays, training curves, metric tables
 ============== ===========================================================================
 """
 from icmlib.segmentation.cost import (FullResolutionCNN, activation_memory_mb, compare_inference_cost,
                                       compare_resolution_cost, evaluate_segmenter, peak_memory_mb,
                                       receptive_field, sliding_window_predict)
-from icmlib.segmentation.data import (IMAGENET_MEAN, IMAGENET_STD, JointAugment, SegmentationError,
-                                      dataset_to_tensors, denormalize, normalize, resize_pair,
-                                      segmentation_data, segmentation_num_classes)
+from icmlib.segmentation.data import (IMAGENET_MEAN, IMAGENET_STD, SEGMENTATION_SPLITS, JointAugment,
+                                      SegmentationError, dataset_to_tensors, denormalize, normalize,
+                                      resize_pair, segmentation_data, segmentation_num_classes)
+from icmlib.segmentation.dilated import ASPP, DeepLab, dilated_block
 from icmlib.segmentation.generative import AdversarialSegLoss, vae_loss
 from icmlib.segmentation.layers import (bed_of_nails_unpool, max_pool_with_indices, max_unpool,
                                         nearest_unpool, transposed_conv1d_by_hand, transposed_conv2d)
@@ -29,11 +33,12 @@ from icmlib.segmentation.models import (FCN, PatchClassifier, PatchDiscriminator
                                         UNet, VAESegmenter)
 from icmlib.segmentation.train import (LOSSES, OPTIMIZERS, SCHEDULES, SEGMENTERS, build_segmenter,
                                        compare_recipes, dense_segmenter, predict, segmentation_loss,
-                                       segmenter_for, train_segmenter, training_device)
-from icmlib.segmentation.transfer import (REGIME_NAMES, REGIMES, BackboneDownloadError,
+                                       segmenter_for, segmenter_from_record, test_metrics,
+                                       test_results, train_segmenter, training_device)
+from icmlib.segmentation.transfer import (REGIME_NAMES, REGIMES, STAGES, BackboneDownloadError,
                                           imagenet_backbone, imagenet_segmenter, pretrain_backbone,
                                           run_transfer_experiment, set_trainable, source_task_data,
-                                          transfer_model)
+                                          train_staged, transfer_model)
 from icmlib.segmentation.viz import (colorize, error_overlay, palette, plot_generator_analogy,
                                      plot_training_curves, results_table, show_segmentations)
 
@@ -47,21 +52,22 @@ __all__ = [
     # data
     "SegmentationError", "IMAGENET_MEAN", "IMAGENET_STD", "normalize", "denormalize",
     "resize_pair", "JointAugment", "dataset_to_tensors", "segmentation_data",
-    "segmentation_num_classes",
+    "segmentation_num_classes", "SEGMENTATION_SPLITS",
     # networks
     "PatchClassifier", "FCN", "UNet", "TorchvisionUNet", "PatchDiscriminator", "VAESegmenter",
+    "dilated_block", "ASPP", "DeepLab",
     # training and train-or-load
     "LOSSES", "OPTIMIZERS", "SCHEDULES", "segmentation_loss", "train_segmenter", "predict",
     "training_device", "SEGMENTERS", "build_segmenter", "segmenter_for", "dense_segmenter",
-    "compare_recipes",
+    "compare_recipes", "test_metrics", "segmenter_from_record", "test_results",
     # cost
     "peak_memory_mb", "activation_memory_mb", "sliding_window_predict", "compare_inference_cost",
     "FullResolutionCNN", "receptive_field", "compare_resolution_cost", "evaluate_segmenter",
     # generative segmenters
     "AdversarialSegLoss", "vae_loss",
     # transfer learning
-    "REGIMES", "REGIME_NAMES", "source_task_data", "pretrain_backbone", "set_trainable",
-    "transfer_model", "run_transfer_experiment", "BackboneDownloadError", "imagenet_backbone",
+    "REGIMES", "REGIME_NAMES", "STAGES", "source_task_data", "pretrain_backbone", "set_trainable",
+    "transfer_model", "train_staged", "run_transfer_experiment", "BackboneDownloadError", "imagenet_backbone",
     "imagenet_segmenter",
     # pictures and tables
     "palette", "colorize", "error_overlay", "show_segmentations", "plot_training_curves",

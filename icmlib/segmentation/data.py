@@ -1,7 +1,9 @@
 """The segmentation chapters' data: images and masks as tensors, resized, normalised, augmented.
 
 * :func:`segmentation_data` turns the preset's COCO-format dataset into tensors (images
-  resized bilinearly, masks with nearest neighbour: :func:`resize_pair`), once per process;
+  resized bilinearly, masks with nearest neighbour: :func:`resize_pair`), once per process:
+  ``train`` to learn from, ``val`` to choose with (early stopping, the best checkpoint),
+  ``test`` to report, and nothing else (:data:`SEGMENTATION_SPLITS`);
 * :func:`normalize` / :func:`denormalize` for ImageNet-pretrained backbones;
 * :class:`JointAugment`: crop, flip and rotation on image *and* mask; colour jitter and
   blur on the image only.
@@ -129,17 +131,20 @@ class JointAugment:
         return image.clamp(0, 1), mask
 
 
-def dataset_to_tensors(dataset, size: int, max_images: Optional[int] = None) -> Tensors:
+def dataset_to_tensors(dataset, size: int, max_images: Optional[int] = None,
+                       start: int = 0) -> Tensors:
     """Stack ``(image, target)`` items into (images [N,3,S,S] in [0,1], masks Int64 [N,S,S]).
 
-    Every image is resized to ``size`` x ``size`` (bilinear) and its ``target["semantic"]``
-    mask with nearest neighbour, so images of any size (real COCO) batch together.
+    Items ``start, start + 1, ...`` (at most ``max_images`` of them) are taken. Every image
+    is resized to ``size`` x ``size`` (bilinear) and its ``target["semantic"]`` mask with
+    nearest neighbour, so images of any size (real COCO) batch together.
     """
-    n = len(dataset) if max_images is None else min(len(dataset), max_images)
-    if n == 0:
-        raise SegmentationError("the dataset is empty")
+    stop = len(dataset) if max_images is None else min(len(dataset), start + max_images)
+    if stop <= start:
+        raise SegmentationError(f"the dataset has no items from index {start} on "
+                                f"({len(dataset)} items)")
     images, masks = [], []
-    for i in range(n):
+    for i in range(start, stop):
         image, target = dataset[i]
         if "semantic" not in target:
             raise SegmentationError("dataset targets need a 'semantic' mask (Int64 [H, W]); "
@@ -150,21 +155,43 @@ def dataset_to_tensors(dataset, size: int, max_images: Optional[int] = None) -> 
     return torch.stack(images), torch.stack(masks)
 
 
+SEGMENTATION_SPLITS = ("train", "val", "test")
+
+
+def _split_range(preset: Preset, split: str) -> Tuple[int, int]:
+    """(first item, number of items) of ``split`` in the dataset ``dataset_for`` gives for it.
+
+    The synthetic world draws each split from its own random stream, so all three start at
+    0. COCO's test2017 has no public masks and ``dataset_for`` reads val2017 for ``test``:
+    the segmentation test images are then the ``seg_eval_images`` val2017 images *after*
+    the ones validation uses, so no image both chooses a model and scores it.
+    """
+    if split == "train":
+        return 0, preset.train_images
+    if split == "test" and preset.dataset == "coco":
+        return preset.seg_eval_images, preset.seg_eval_images
+    return 0, preset.seg_eval_images
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_data(preset: Preset, split: str) -> Tuple[Tensors, int]:
     from icmlib.data import dataset_for
 
+    if split not in SEGMENTATION_SPLITS:
+        raise SegmentationError(f"unknown split {split!r}; choose one of {SEGMENTATION_SPLITS}")
     ds = dataset_for(preset, split, train=False)
-    limit = preset.train_images if split == "train" else preset.seg_eval_images
-    data = dataset_to_tensors(ds, preset.seg_image_size, limit)
+    start, limit = _split_range(preset, split)
+    data = dataset_to_tensors(ds, preset.seg_image_size, limit, start)
     return data, int(getattr(ds, "num_classes"))
 
 
 def segmentation_data(preset: Union[Preset, str, None] = None, split: str = "train") -> Tensors:
     """The preset's images and semantic masks as tensors (loaded once per process).
 
-    ``train`` gives up to ``preset.train_images`` images, ``val`` up to
-    ``preset.seg_eval_images``, all at ``preset.seg_image_size``.
+    ``train`` gives up to ``preset.train_images`` images; ``val`` and ``test`` up to
+    ``preset.seg_eval_images`` each, all at ``preset.seg_image_size``. Validation chooses
+    (early stopping keeps the best validation checkpoint), so its scores flatter the model
+    a little; the numbers a chapter reports come from ``test``, which nothing is chosen on.
     """
     images, masks = _cached_data(get_preset(preset), split)[0]
     return images.clone(), masks.clone()
@@ -173,4 +200,3 @@ def segmentation_data(preset: Union[Preset, str, None] = None, split: str = "tra
 def segmentation_num_classes(preset: Union[Preset, str, None] = None) -> int:
     """Number of classes (background included) of the preset's dataset."""
     return _cached_data(get_preset(preset), "val")[1]
-

@@ -6,7 +6,10 @@
 * :func:`predict`: labels batch by batch, in eval mode;
 * train-or-load: :func:`segmenter_for` trains a named segmenter (:data:`SEGMENTERS`) once
   per configuration and loads it afterwards, so notebooks rerun in seconds;
-  :func:`compare_recipes` does the same for a few (loss, optimizer) recipes.
+  :func:`compare_recipes` does the same for a few (loss, optimizer) recipes;
+* reporting: validation chooses (early stopping), the test split reports:
+  :func:`test_metrics` scores a model on it, :func:`segmenter_from_record` rebuilds the
+  network a train-or-load record holds, :func:`test_results` does both for many records.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from icmlib.engine import Reporter, RunState, every, train_loop
 from icmlib.presets import Preset, get_preset
 from icmlib.segmentation.data import (JointAugment, SegmentationError, Tensors, segmentation_data,
                                       segmentation_num_classes)
+from icmlib.segmentation.dilated import DeepLab
 from icmlib.segmentation.generative import AdversarialSegLoss, vae_loss
 from icmlib.segmentation.metrics import dice_loss, segmentation_metrics
 from icmlib.segmentation.models import FCN, PatchClassifier, PatchDiscriminator, UNet, VAESegmenter
@@ -286,7 +290,7 @@ def _segmenter_result(model, trainer: _SegmenterTraining, run: RunState, seconds
 # Train-or-load of named segmenters
 # ---------------------------------------------------------------------------------------
 
-SEGMENTERS = ("patch", "fcn", "unet_noskip", "unet", "unet_dice", "cgan", "vae")
+SEGMENTERS = ("patch", "fcn", "unet_noskip", "unet", "unet_dice", "cgan", "vae", "deeplab")
 
 
 def build_segmenter(kind: str, preset: Union[Preset, str, None] = None,
@@ -294,9 +298,13 @@ def build_segmenter(kind: str, preset: Union[Preset, str, None] = None,
     """An untrained segmenter of ``kind`` sized by the preset."""
     preset = get_preset(preset)
     k = num_classes or segmentation_num_classes(preset)
-    w, d = preset.seg_width, preset.seg_depth
+    return _build(kind, k, preset.seg_width, preset.seg_depth, preset.seg_patch_size,
+                  preset.seg_latent_dim)
+
+
+def _build(kind: str, k: int, w: int, d: int, patch_size: int, latent_dim: int) -> nn.Module:
     if kind == "patch":
-        return PatchClassifier(3, k, w, preset.seg_patch_size)
+        return PatchClassifier(3, k, w, patch_size)
     if kind == "fcn":
         return FCN(3, k, w, d)
     if kind in ("unet", "unet_dice", "cgan"):
@@ -304,7 +312,9 @@ def build_segmenter(kind: str, preset: Union[Preset, str, None] = None,
     if kind == "unet_noskip":
         return UNet(3, k, w, d, skip=False)
     if kind == "vae":
-        return VAESegmenter(3, k, w, d, preset.seg_latent_dim)
+        return VAESegmenter(3, k, w, d, latent_dim)
+    if kind == "deeplab":
+        return DeepLab(3, k, w, d)
     raise SegmentationError(f"unknown segmenter {kind!r}; choose one of {SEGMENTERS}")
 
 
@@ -315,10 +325,13 @@ def segmenter_for(kind: str, preset: Union[Preset, str, None] = None, seed: int 
 
     ``kind`` is one of :data:`SEGMENTERS`: ``patch`` (sliding-window classifier),
     ``fcn``, ``unet_noskip``, ``unet`` (cross-entropy), ``unet_dice`` (CE + Dice),
-    ``cgan`` (U-Net generator + PatchGAN), ``vae`` (VAE segmenter). All see the same
-    data, batch size and learning rate from the preset, and ``preset.seg_steps`` steps
+    ``cgan`` (U-Net generator + PatchGAN), ``vae`` (VAE segmenter), ``deeplab``
+    (dilated encoder + ASPP, :class:`~icmlib.segmentation.dilated.DeepLab`). All see the
+    same data, batch size and learning rate from the preset, and ``preset.seg_steps`` steps
     (``preset.seg_gan_steps`` for ``cgan`` / ``vae``) unless ``steps`` is given. The
-    record holds the training history, validation metrics and training time.
+    record holds the training history, validation metrics (``val``: what early stopping
+    chose on), training time, and ``test``: the metrics on the test split, computed when
+    the model is loaded (they are not part of the cached checkpoint, nor of its key).
     """
     preset = get_preset(preset)
     if kind not in SEGMENTERS:
@@ -363,7 +376,50 @@ def segmenter_for(kind: str, preset: Union[Preset, str, None] = None, seed: int 
     record = train_or_load("segmenter", config, train, force=force)
     model = build_segmenter(kind, preset, num_classes)
     model.load_state_dict(record["state_dict"])
-    return model.eval(), record
+    model.eval()
+    return model, {**record, "test": test_metrics(model, preset)}
+
+
+def test_metrics(model: nn.Module, preset: Union[Preset, str, None] = None,
+                 data: Optional[Tensors] = None) -> dict:
+    """``model``'s metrics on the preset's test split (or on ``data``): what a chapter reports.
+
+    Validation chose the model (early stopping keeps the best validation checkpoint), so
+    validation scores are a little optimistic; the test images were used for nothing.
+    """
+    preset = get_preset(preset)
+    images, masks = segmentation_data(preset, "test") if data is None else data
+    k = getattr(model, "num_classes", None) or segmentation_num_classes(preset)
+    pred = predict(dense_segmenter(model), images, preset.seg_batch_size)
+    return segmentation_metrics(pred, masks, k)
+
+
+def segmenter_from_record(record: dict) -> nn.Module:
+    """The trained network a train-or-load record holds, rebuilt from its ``config``, in eval mode.
+
+    Works for the records of :func:`segmenter_for`, :func:`compare_recipes` and the
+    transfer experiment (:func:`icmlib.segmentation.transfer.run_transfer_experiment`):
+    their U-Nets are sized by the config's ``width`` and ``depth``.
+    """
+    config = record["config"]
+    kind, k, w, d = config["kind"], config.get("num_classes", 2), config["width"], config["depth"]
+    if kind in SEGMENTERS:
+        model = _build(kind, k, w, d, config["patch_size"], config["latent_dim"])
+    elif kind in ("recipe", "transfer", "source"):
+        model = UNet(3, k, w, d)
+    else:
+        raise SegmentationError(f"don't know how to rebuild a {kind!r} record")
+    model.load_state_dict(record["state_dict"])
+    return model.eval()
+
+
+def test_results(records: dict, preset: Union[Preset, str, None] = None) -> dict:
+    """``{name: test metrics + trainable params, steps run, train seconds}`` for named records,
+    ready for :func:`icmlib.segmentation.viz.results_table`."""
+    return {name: {**test_metrics(segmenter_from_record(r), preset),
+                   "trainable params": r["trainable_params"], "steps run": r["steps_run"],
+                   "train seconds": r["train_seconds"]}
+            for name, r in records.items()}
 
 
 class _DenseWrapper(nn.Module):
@@ -403,7 +459,8 @@ def compare_recipes(preset: Union[Preset, str, None] = None,
     The learning rate is ``preset.seg_lr`` times the multiplier (SGD needs a larger one
     than Adam). Cosine schedule, clipping at norm 1, early stopping with
     ``preset.seg_patience``.
-    Cached with train-or-load. Returns ``{"loss, optimizer": record}``.
+    Cached with train-or-load. Returns ``{"loss, optimizer": record}``; their
+    ``val`` metrics chose each run's best step: report :func:`test_results` instead.
     """
     preset = get_preset(preset)
     num_classes = segmentation_num_classes(preset)

@@ -1,13 +1,16 @@
-"""Transfer learning: reuse a backbone trained on another task, with four regimes.
+"""Transfer learning: reuse a backbone trained on another task, with five regimes.
 
 :func:`pretrain_backbone` trains a U-Net on a *source task* (:func:`source_task_data`:
 other colours, other labels); :func:`transfer_model` builds the target network from its
 encoder and :func:`set_trainable` freezes what a regime keeps (:data:`REGIMES`);
-:func:`run_transfer_experiment` trains each regime on few labels with the same budget.
-On Colab, :func:`imagenet_backbone` / :func:`imagenet_segmenter` bring ImageNet weights.
+:func:`train_staged` unfreezes the encoder stage by stage during training;
+:func:`run_transfer_experiment` trains each regime on few labels with the same budget
+(with or without augmentation). On Colab, :func:`imagenet_backbone` /
+:func:`imagenet_segmenter` bring ImageNet weights.
 """
 from __future__ import annotations
 
+import copy
 from typing import Optional, Sequence, Union
 
 import torch
@@ -20,9 +23,11 @@ from icmlib.segmentation.data import (JointAugment, SegmentationError, Tensors, 
 from icmlib.segmentation.models import TorchvisionUNet, UNet
 from icmlib.segmentation.train import SEG_VERSION, _cpu_state, _world_config, train_segmenter, training_device
 
-REGIMES = ("scratch", "frozen", "last", "all")
+REGIMES = ("scratch", "frozen", "last", "all", "staged")
 REGIME_NAMES = {"scratch": "from scratch", "frozen": "frozen backbone + new head",
-                "last": "fine-tune last layers", "all": "fine-tune everything"}
+                "last": "fine-tune last layers", "all": "fine-tune everything",
+                "staged": "staged unfreezing"}
+STAGES = ("frozen", "last", "all")      # what the staged regime unfreezes, in order
 
 
 def source_task_data(data: Tensors) -> Tensors:
@@ -64,13 +69,14 @@ def set_trainable(model: nn.Module, regime: str) -> nn.Module:
 
     * ``scratch`` / ``all``: everything trains;
     * ``frozen``: the encoder (backbone) is frozen, only decoder and head train;
-    * ``last``: the encoder's first stages are frozen, its last stage, decoder and head train.
+    * ``last``: the encoder's first stages are frozen, its last stage, decoder and head train;
+    * ``staged``: starts as ``frozen``; :func:`train_staged` then walks through :data:`STAGES`.
     """
     if regime not in REGIMES:
         raise SegmentationError(f"unknown regime {regime!r}; choose one of {REGIMES}")
     for p in model.parameters():
         p.requires_grad_(True)
-    if regime == "frozen":
+    if regime in ("frozen", "staged"):
         for p in model.encoder.parameters():
             p.requires_grad_(False)
     elif regime == "last":
@@ -96,16 +102,55 @@ def transfer_model(regime: str, num_classes: int, preset: Union[Preset, str, Non
     return set_trainable(model, regime)
 
 
+# what the transfer runs augment with: milder than JointAugment's defaults
+TRANSFER_AUGMENT = JointAugment(max_rotation=10, color_jitter=0.1, blur_prob=0.2)
+
+
+def train_staged(model: nn.Module, train_data: Tensors, val_data: Tensors, *, steps: int,
+                 stages: Sequence[str] = STAGES, seed: int = 0, desc: str = "staged",
+                 **train_kwargs) -> dict:
+    """Staged (gradual) unfreezing: train the new decoder first, then deeper into the encoder.
+
+    The ``steps`` are split evenly over ``stages`` (regimes of :func:`set_trainable`;
+    by default encoder frozen, then its last stage unfrozen, then everything). Each stage
+    is a :func:`~icmlib.segmentation.train.train_segmenter` run with a fresh optimizer and
+    cosine schedule, starting from the best validation weights of the stage before, so a
+    random new decoder never sends large gradients into pretrained layers. The best
+    validation weights over all stages are kept. Returns a record like
+    ``train_segmenter``'s, its history's steps counted across stages (each entry names
+    its ``stage``).
+    """
+    if not stages:
+        raise SegmentationError("train_staged needs at least one stage")
+    history, seconds, done, best = [], 0.0, 0, None
+    for i, stage in enumerate(stages):
+        set_trainable(model, stage)
+        n = steps // len(stages) + (steps % len(stages) if i == len(stages) - 1 else 0)
+        result = train_segmenter(model, train_data, val_data, steps=max(1, n), seed=seed + i,
+                                 desc=f"{desc}: {stage}", **train_kwargs)
+        history += [{**h, "step": done + h["step"], "stage": stage} for h in result["history"]]
+        if best is None or result["val"]["miou"] > best["val"]["miou"]:
+            best = {"val": result["val"], "step": done + result["best_step"],
+                    "state": copy.deepcopy(model.state_dict())}
+        seconds, done = seconds + result["train_seconds"], done + result["steps_run"]
+    trainable = result["trainable_params"]
+    model.load_state_dict(best["state"])
+    return {"history": history, "val": best["val"], "best_step": best["step"],
+            "stopped_early": False, "steps_run": done, "train_seconds": seconds,
+            "trainable_params": trainable, "stages": tuple(stages)}
+
+
 def run_transfer_experiment(preset: Union[Preset, str, None] = None, regimes: Sequence[str] = REGIMES,
-                            seed: int = 0, progress: bool = True):
+                            seed: int = 0, progress: bool = True, augment: bool = True) -> dict:
     """Pretrain on the source task, then train each regime on few target labels, same budget.
 
     Target: the real world (original colours, all classes) with only
     ``preset.seg_transfer_labels`` labelled training images, ``preset.seg_transfer_steps``
-    steps each. Returns (DataFrame of validation metrics and training time, records).
+    steps each, with :class:`JointAugment` (or without, ``augment=False``: same steps, same
+    seed, to measure what augmentation does). Returns ``{"source": record, regime:
+    record, ...}``; their ``val`` metrics chose the best step, so report the test split:
+    :func:`icmlib.segmentation.train.test_results`.
     """
-    import pandas as pd
-
     preset = get_preset(preset)
     num_classes = segmentation_num_classes(preset)
     source = pretrain_backbone(preset, seed, progress)
@@ -116,27 +161,25 @@ def run_transfer_experiment(preset: Union[Preset, str, None] = None, regimes: Se
                   "pretrain_steps": preset.seg_pretrain_steps, "batch_size": preset.seg_batch_size,
                   "lr": preset.seg_lr, "width": preset.seg_width, "depth": preset.seg_depth,
                   "num_classes": num_classes, **_world_config(preset)}
+        if not augment:         # only then: the augmented runs keep the keys they always had
+            config["augment"] = False
 
         def train(regime=regime, config=config):
             model = transfer_model(regime, num_classes, preset, source["state_dict"], seed)
             model = model.to(training_device(preset))
             images, masks = segmentation_data(preset, "train")
             few = (images[:preset.seg_transfer_labels], masks[:preset.seg_transfer_labels])
-            result = train_segmenter(model, few, segmentation_data(preset, "val"),
-                                     steps=preset.seg_transfer_steps,
-                                     batch_size=preset.seg_batch_size, lr=preset.seg_lr,
-                                     val_every=preset.seg_val_every, num_classes=num_classes,
-                                     seed=seed, progress=progress, desc=regime,
-                                     augment=JointAugment(max_rotation=10, color_jitter=0.1,
-                                                          blur_prob=0.2))
+            fit = train_staged if regime == "staged" else train_segmenter
+            result = fit(model, few, segmentation_data(preset, "val"),
+                         steps=preset.seg_transfer_steps, batch_size=preset.seg_batch_size,
+                         lr=preset.seg_lr, val_every=preset.seg_val_every,
+                         num_classes=num_classes, seed=seed, progress=progress, desc=regime,
+                         augment=TRANSFER_AUGMENT if augment else None)
             return {**result, "state_dict": _cpu_state(model), "config": config}
 
         records[regime] = train_or_load("segmenter-transfer", config, train)
-    rows = {REGIME_NAMES[r]: {"trainable params": rec["trainable_params"], **rec["val"],
-                              "train seconds": rec["train_seconds"]}
-            for r, rec in records.items()}
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    return table, {"source": source, **records}
+    return {"source": source, **records}
+
 
 
 class BackboneDownloadError(RuntimeError):
