@@ -23,6 +23,7 @@ from icmlib.shipped import (MANIFEST_NAME, map_tensors, entry_name, read_manifes
                             shipped_dir, shipped_summary)
 from icmlib.tasks import task_config
 from icmlib.training import codec_config
+from icmlib.training.recipe import rate_points
 
 #: buffers of CompressAI's entropy models that ``update()`` rebuilds: not shipped
 _CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
@@ -93,7 +94,7 @@ def reproduction_checkpoints(preset) -> list:
     """``(kind, config)`` of every checkpoint ``icm reproduce`` loads for ``preset``: the
     frozen task networks, the MSE baseline and each (task, strategy) ICM codec."""
     items = [(f"task-{t}", task_config(t, preset)) for t in REPRO_TASKS]
-    rates = [0] if preset.variable_rate else range(len(preset.rd_lambdas))
+    rates = sorted({rate for rate, _, _ in rate_points(preset)}, key=str)
     codecs = [(None, "mse")] + [(t, s) for t in REPRO_TASKS for s in preset.repro_strategies]
     for task, strategy in codecs:
         items += [("codec", codec_config(preset, task, strategy, r)) for r in rates]

@@ -131,17 +131,23 @@ def test_reproduce_variable_rate_codecs(tmp_path):
     """The cpu recipe on ci sizes: one variable-rate codec per (task, strategy) gives every
     rate point; the weighting runs are split per rate; retrain ignores a shipped set."""
     p = get_preset("ci", variable_rate=True, repro_strategies=("dynamic",), codec_steps=6,
-                   codec_finetune_steps=4, icm_steps=4, repro_anchors=("jpeg",))
+                   codec_finetune_steps=4, icm_steps=4, repro_anchors=("jpeg",),
+                   low_rd_lambdas=(0.0005,))
     results = evaluation.reproduce(p, tmp_path / "vr", progress=False)
-    n_rates = len(p.rd_lambdas)
+    lambdas = sorted(p.low_rd_lambdas + p.rd_lambdas)
+    n_rates = len(lambdas)  # the low-rate codec's point first, then rd_lambdas' codec's
     for name in (evaluation.mse_name(), evaluation.icm_name("detection", "dynamic")):
         codec = res.find_codec(results, name)
         assert [pt["setting"] for pt in codec["points"]] == list(range(n_rates))
+        assert codec["lambdas"] == lambdas
         bpps = [pt["bpp"] for pt in codec["points"]]
-        assert len(set(bpps)) == n_rates  # the gains give each rate point its own rate
+        # the gains give each of a codec's rate points its own rate (the low codec's one
+        # point may tie with the other codec's lowest, both at the floor of a 6-step codec)
+        assert len(set(bpps[1:])) == n_rates - 1 and bpps[0] <= min(bpps[1:])
     runs = results["extra"]["training"]
     assert len(runs) == 2 * n_rates and {r["rate_index"] for r in runs} == set(range(n_rates))
-    assert all(len(r["val"]) == 1 and r["lambda"] == p.rd_lambdas[r["rate_index"]] for r in runs)
+    assert all(len(r["val"]) == 1 and r["lambda"] == lambdas[r["rate_index"]] for r in runs)
+    assert results["extra"]["budget"]["low_rd_lambdas"] == [0.0005]
     assert "retraining everything" in rp.retrain_estimate()
 
 

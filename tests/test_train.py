@@ -268,6 +268,33 @@ def test_variable_rate_recipe_one_codec_serves_every_rate(tmp_path, monkeypatch)
     assert len(icm["logs"]["val"]) == len(lam) and "task_score" in icm["logs"]["val"][0]
 
 
+def test_low_rate_codec_recipe():
+    """low_rd_lambdas: a second variable-rate codec per (task, strategy), from the same parents
+    (MSE-low from the base, ICM-low from MSE-low), with the same steps per rate point; the
+    reproduction's rate points are both codecs' rates, lowest λ first; old keys unchanged."""
+    from icmlib.training import codec_config
+    from icmlib.training.recipe import LOW_RATES, _codec_config, rate_points, resolve_rate
+
+    p = ci(variable_rate=True, codec_finetune_steps=8, icm_steps=12, codec_base_rate=1)
+    low = p.replace(low_rd_lambdas=(0.0005, 0.001))
+    with pytest.raises(ValueError, match="no low rate points"):
+        resolve_rate(p, LOW_RATES)
+    assert resolve_rate(low, "low") == ("low", [0.0005, 0.001])
+    assert codec_config(low, "detection", "fixed", 0) == codec_config(p, "detection", "fixed", 0)
+    mse_low = codec_config(low, None, "mse", LOW_RATES)
+    icm_low = codec_config(low, "detection", "fixed", LOW_RATES)
+    assert mse_low["steps"] == 4 and icm_low["steps"] == 6  # 2 of 4 rates' share
+    assert mse_low["init_from"] == _codec_config(low, None, "mse", 1, None)  # one-rate base
+    assert icm_low["init_from"] == mse_low and icm_low["lambda"] == [0.0005, 0.001]
+    points = rate_points(low)
+    assert [lam for _, _, lam in points] == sorted(low.low_rd_lambdas + low.rd_lambdas)
+    assert points[:3] == [("low", 0, 0.0005), ("low", 1, 0.001), ("all", 0, p.rd_lambdas[0])]
+    assert rate_points(p) == [("all", i, lam) for i, lam in enumerate(p.rd_lambdas)]
+    assert rate_points(p.replace(variable_rate=False))[1] == (1, 0, p.rd_lambdas[1])
+    with pytest.raises(ValueError, match="repeat"):
+        rate_points(p.replace(low_rd_lambdas=(p.rd_lambdas[0],)))
+
+
 def test_cli_train_and_errors(tmp_path, capsys):
     from icmlib.cli import main
 

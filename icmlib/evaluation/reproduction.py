@@ -4,7 +4,8 @@ One call trains (or loads) everything and measures it:
 
 1. **task networks** — Faster R-CNN (detection) and Mask R-CNN (instance segmentation),
    through ``icmlib.tasks.task_network`` (train-or-load; COCO-pretrained on ``gpu``);
-2. **codecs** at every rate point λ of ``preset.rd_lambdas`` (shipped, or trained):
+2. **codecs** at every rate point λ of ``preset.rd_lambdas`` and ``preset.low_rd_lambdas``
+   (shipped, or trained; :func:`icmlib.training.recipe.rate_points`):
 
    * the **MSE baseline** (the human-vision codec: same network, ``w_task = 0``);
    * **ICM** codecs for each task and each weighting strategy of
@@ -76,7 +77,7 @@ from icmlib.evaluation.results import (REPRO_TASKS, describe_device, icm_name, l
 from icmlib.presets import Preset, get_preset
 
 #: the preset fields that decide what the reproduction trains (recorded in results.json)
-BUDGET_FIELDS = ("rd_lambdas", "codec_steps", "codec_base_rate", "codec_finetune_steps",
+BUDGET_FIELDS = ("rd_lambdas", "low_rd_lambdas", "codec_steps", "codec_base_rate", "codec_finetune_steps",
                  "icm_steps", "icm_val_every", "icm_task_weight", "icm_mse_weight", "lr")
 
 #: How the ``cpu`` preset's budget of about 45 minutes on 2 cores is spent, as measured in
@@ -121,14 +122,33 @@ def train_codecs(preset: Union[Preset, str, None] = None, tasks: Sequence[str] =
 
 
 def _by_rate(preset: Preset, task, strategy, progress) -> Dict[int, Dict[str, Any]]:
-    """``{rate index: checkpoint dict}``; a variable-rate codec is one checkpoint for all."""
+    """``{rate point: checkpoint dict}``, rate points numbered by λ, lowest first
+    (:func:`~icmlib.training.recipe.rate_points`); a variable-rate codec's checkpoint
+    serves each of its points (:func:`rate_in_checkpoint` says which of its rates)."""
     from icmlib.training import codec_run
+    from icmlib.training.recipe import rate_points
 
-    rates = range(len(preset.rd_lambdas))
-    if preset.variable_rate:
-        ckpt = codec_run(preset, task, strategy, 0, progress=progress)
-        return {r: ckpt for r in rates}
-    return {r: codec_run(preset, task, strategy, r, progress=progress) for r in rates}
+    ckpts: Dict[Any, Dict[str, Any]] = {}
+    out = {}
+    for point, (codec_rate, _, _) in enumerate(rate_points(preset)):
+        if codec_rate not in ckpts:
+            ckpts[codec_rate] = codec_run(preset, task, strategy, codec_rate, progress=progress)
+        out[point] = ckpts[codec_rate]
+    return out
+
+
+def rate_in_checkpoint(preset: Preset, point: int) -> int:
+    """Which rate of its codec's checkpoint serves the reproduction's rate ``point``."""
+    from icmlib.training.recipe import rate_points
+
+    return rate_points(preset)[point][1]
+
+
+def point_lambdas(preset: Preset) -> List[float]:
+    """λ of each of the reproduction's rate points, lowest first."""
+    from icmlib.training.recipe import rate_points
+
+    return [lam for _, _, lam in rate_points(preset)]
 
 
 def training_minutes(codecs: Dict[str, Dict[int, Dict[str, Any]]]) -> float:
@@ -152,7 +172,8 @@ def _downsample(rows: List[Dict[str, float]], keep: int = 200) -> List[Dict[str,
     return [rows[i] for i in idx]
 
 
-def training_logs(codecs: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str, Any]]:
+def training_logs(codecs: Dict[str, Dict[int, Dict[str, Any]]],
+                  preset: Optional[Preset] = None) -> List[Dict[str, Any]]:
     """Per ICM run: its validation log (bpp, PSNR, task score over steps) and a thinned
     training log (loss terms and weights over steps), for the weighting comparison."""
     from icmlib.training import logs_at_rate
@@ -162,11 +183,12 @@ def training_logs(codecs: Dict[str, Dict[int, Dict[str, Any]]]) -> List[Dict[str
     for name, by_rate in codecs.items():
         for r, ckpt in sorted(by_rate.items()):
             meta = ckpt.get("meta", {})
-            logs = logs_at_rate(ckpt.get("logs", {}), r)
+            inner = r if preset is None else rate_in_checkpoint(preset, r)
+            logs = logs_at_rate(ckpt.get("logs", {}), inner)
             lam = meta.get("rate")
             runs.append({
                 "codec": name, "task": meta.get("task"), "strategy": meta.get("strategy"),
-                "rate_index": r, "lambda": lam[r] if isinstance(lam, list) else lam,
+                "rate_index": r, "lambda": lam[inner] if isinstance(lam, list) else lam,
                 "steps": meta.get("steps"),
                 "weighting": meta.get("weighting"),
                 "val": [{k: v for k, v in row.items()} for row in logs.get("val", [])],
@@ -323,7 +345,7 @@ def _evaluate_learned(ckpts, preset, dataset, networks, progress, force_evaluati
     learned_nets: Dict[str, Dict[int, Any]] = {}
     for name, by_rate in ckpts.items():
         rates = sorted(by_rate)
-        nets = [codec_at_rate(by_rate[r], r) for r in rates]
+        nets = [codec_at_rate(by_rate[r], rate_in_checkpoint(preset, r)) for r in rates]
         codec = evaluate.learned_codec(nets, name, preset)
         meta = by_rate[rates[0]].get("meta", {})
         task, strategy = meta.get("task"), meta.get("strategy")
@@ -331,7 +353,7 @@ def _evaluate_learned(ckpts, preset, dataset, networks, progress, force_evaluati
         group = "mse" if task is None else "icm"
         identity = {"learned": name, "nets": [fingerprint(n).hex() for n in nets]}
         key = evaluate.evaluation_key(identity, dataset, {t: networks[t] for t in tasks}, rates)
-        info = {"lambdas": [float(preset.rd_lambdas[r]) for r in rates],
+        info = {"lambdas": [point_lambdas(preset)[r] for r in rates],
                 "steps": [by_rate[r].get("meta", {}).get("steps") for r in rates]}
         entry = evaluate.cached_evaluation(key, lambda: evaluate.evaluate_codec(
             codec, rates, dataset, tasks, preset=preset, networks=networks, progress=progress,
@@ -370,7 +392,7 @@ def _add_extra(results: Dict[str, Any], preset: Preset, ckpts, skipped: Dict[str
     """The results file's ``extra``: training logs, skipped anchors, budget, the BD-rate
     pairs on both rates and the summary."""
     results["extra"]["training"] = training_logs({n: c for n, c in ckpts.items()
-                                                  if n != mse_name()})
+                                                  if n != mse_name()}, preset)
     results["extra"]["skipped_anchors"] = skipped
     results["extra"]["budget"] = {k: getattr(preset, k) for k in preset.to_dict()
                                   if k.startswith("repro_") or k in BUDGET_FIELDS}

@@ -24,9 +24,11 @@ TRAIN_VERSION = "1"
 
 #: ``rate_index`` of a variable-rate codec: it serves every rate point of the preset
 ALL_RATES = "all"
+#: ``rate_index`` of the variable-rate codec of ``preset.low_rd_lambdas``
+LOW_RATES = "low"
 
-__all__ = ["TRAIN_VERSION", "ALL_RATES", "resolve_rate", "codec_parent", "default_steps",
-           "recipe_rate", "codec_config"]
+__all__ = ["TRAIN_VERSION", "ALL_RATES", "LOW_RATES", "resolve_rate", "codec_parent",
+           "default_steps", "recipe_rate", "codec_config", "rate_points"]
 
 Rate = Union[int, float, str]
 
@@ -36,10 +38,16 @@ def resolve_rate(preset: Preset, rate: Rate) -> Tuple[Optional[int], float]:
 
     An int (or a string of digits) is an index; a float (or a string with a ``.`` or an
     exponent) is λ itself, the weight of the MSE term in ``L = R + λ·255²·MSE``.
-    ``"all"`` (:data:`ALL_RATES`) asks for a variable-rate codec: ``("all", [λ...])``.
+    ``"all"`` (:data:`ALL_RATES`) asks for a variable-rate codec: ``("all", [λ...])``;
+    ``"low"`` (:data:`LOW_RATES`) for the one of ``low_rd_lambdas``.
     """
     if rate == ALL_RATES:
         return ALL_RATES, [float(l) for l in preset.rd_lambdas]
+    if rate == LOW_RATES:
+        if not (preset.variable_rate and preset.low_rd_lambdas):
+            raise ValueError(f"preset {preset.name!r} has no low rate points "
+                             f"(low_rd_lambdas on a variable_rate preset)")
+        return LOW_RATES, [float(l) for l in preset.low_rd_lambdas]
     if isinstance(rate, str):
         text = rate.strip()
         try:
@@ -87,11 +95,34 @@ def codec_parent(preset: Union[Preset, str, None] = None, task: Optional[str] = 
     return (None, "mse", base)
 
 
-def default_steps(preset: Preset, task: Optional[str], parent) -> int:
-    """Training steps of a codec made by the recipe: ICM, MSE fine-tune, or from scratch."""
+def default_steps(preset: Preset, task: Optional[str], parent, rate_index: Rate = 0) -> int:
+    """Training steps of a codec made by the recipe: ICM, MSE fine-tune, or from scratch.
+
+    The low-rate codec (:data:`LOW_RATES`) gets the same steps *per rate point* as the
+    codec of ``rd_lambdas``: the rates take turns, so its share is scaled by its rates.
+    """
     if task is not None:
-        return int(preset.icm_steps)
-    return int(preset.codec_finetune_steps if parent is not None else preset.codec_steps)
+        steps = int(preset.icm_steps)
+    else:
+        steps = int(preset.codec_finetune_steps if parent is not None else preset.codec_steps)
+    if rate_index == LOW_RATES:
+        steps = math.ceil(steps * len(preset.low_rd_lambdas) / len(preset.rd_lambdas))
+    return steps
+
+
+def rate_points(preset: Union[Preset, str, None] = None) -> List[Tuple[Rate, int, float]]:
+    """Every rate point a reproduction reports, lowest λ first: ``(codec rate, index within
+    that codec, λ)``. A variable-rate preset has the codec ``"all"`` (``rd_lambdas``) and,
+    with ``low_rd_lambdas``, the codec ``"low"``; otherwise one codec per rate index."""
+    preset = get_preset(preset)
+    if not preset.variable_rate:
+        return [(i, 0, float(l)) for i, l in enumerate(preset.rd_lambdas)]
+    points = [(ALL_RATES, i, float(l)) for i, l in enumerate(preset.rd_lambdas)]
+    points += [(LOW_RATES, j, float(l)) for j, l in enumerate(preset.low_rd_lambdas)]
+    lambdas = [p[2] for p in points]
+    if len(set(lambdas)) != len(lambdas):
+        raise ValueError(f"preset {preset.name!r}: low_rd_lambdas repeat a λ of rd_lambdas")
+    return sorted(points, key=lambda p: p[2])
 
 
 def recipe_rate(preset: Preset, rate_index: Rate) -> Rate:
@@ -120,7 +151,7 @@ def _codec_config(preset: Preset, task, strategy, rate_index, steps) -> Dict[str
 
     rate_index, lmbda = resolve_rate(preset, rate_index)
     parent = codec_parent(preset, task, lmbda if rate_index is None else rate_index)
-    steps = int(steps if steps is not None else default_steps(preset, task, parent))
+    steps = int(steps if steps is not None else default_steps(preset, task, parent, rate_index))
     init = None if parent is None else _codec_config(preset, *parent, None)
     cfg = run_config(preset, task, strategy, rate_index, lmbda, steps, preset.train_seed, init,
                      world_size())
