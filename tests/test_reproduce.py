@@ -147,7 +147,7 @@ def test_reproduce_variable_rate_codecs(tmp_path):
     runs = results["extra"]["training"]
     assert len(runs) == 2 * n_rates and {r["rate_index"] for r in runs} == set(range(n_rates))
     assert all(len(r["val"]) == 1 and r["lambda"] == lambdas[r["rate_index"]] for r in runs)
-    assert results["extra"]["budget"]["low_rd_lambdas"] == [0.0005]
+    assert list(results["extra"]["budget"]["low_rd_lambdas"]) == [0.0005]
     assert "retraining everything" in rp.retrain_estimate()
 
 
