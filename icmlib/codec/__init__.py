@@ -13,6 +13,8 @@
 ``losses``      the loss terms: rate, MSE, task (``from icmlib.codec import losses``)
 ``pretrained``  the shipped default codec, or a checkpoint named on the command line
 ``zoo``         CompressAI's pretrained codecs (``zoo:NAME:QUALITY``): cached weights, loading
+``context``     a context model on ŷ: CompressAI's joint autoregressive + hyperprior against
+                the hyperprior alone, trained alike, real bytes, encode / decode time
 =============== ==========================================================================
 """
 # model first: it silences CompressAI's import-time deprecation notice before anything loads it
@@ -31,6 +33,10 @@ from icmlib.codec.determinism import ExactHyperSynthesis, TableGaussianCondition
 from icmlib.codec.pretrained import (DEFAULT_CHECKPOINT, ModelError, default_codec, describe_codec,
                                      resolve_codec)
 from icmlib.codec.zoo import ZOO_MODELS, zoo_codec, zoo_weights
+from icmlib.codec.context import (CONTEXT_BUDGETS, CONTEXT_MODELS, code_images,
+                                  compare_context_models, context_codec, context_settings,
+                                  decode_evaluations, images_fingerprint, train_context_codec,
+                                  context_training_curves)
 from icmlib.codec.probability import (bits_per_element, compare_noise_and_rounding,
                                       decode_keeping_channels, empirical_entropy_bits,
                                       factorized_prior_bits, noise_vs_rounding, rate_report)
@@ -58,4 +64,8 @@ __all__ = [
     "empirical_entropy_bits", "bits_per_element", "decode_keeping_channels",
     # the loss terms
     "loss_terms", "total_loss", "rate_bpp", "mse_loss", "task_loss", "psnr_from_mse",
+    # a context model on ŷ against the hyperprior alone
+    "CONTEXT_MODELS", "CONTEXT_BUDGETS", "context_codec", "context_settings",
+    "train_context_codec", "code_images", "compare_context_models", "decode_evaluations",
+    "images_fingerprint", "context_training_curves",
 ]
