@@ -15,7 +15,18 @@
                among them), with and without augmentation; ImageNet backbones
 ``viz``        coloured label maps, error overlays, training curves, metric tables
 ============== ===========================================================================
+
+Two more families, beside the generative ones: ``attention``, a small SegFormer
+(overlapping patches, efficient self-attention, Mix-FFN, an all-MLP decoder; segmenter
+``"attention"``), and ``autoregressive``, a PixelCNN over the label map conditioned on the
+image (teacher forcing, sequential sampling and what it costs).
 """
+from icmlib.segmentation.attention import (EfficientSelfAttention, MixFFN, OverlapPatchEmbed,
+                                           SegFormerLite, TransformerBlock, segformer_for_width)
+from icmlib.segmentation.autoregressive import (AR_FACTOR, AutoregressiveSegmenter,
+                                                autoregressive_segmenter_for, coarse_labels,
+                                                grid_ceiling_miou, sampling_cost,
+                                                teacher_forcing_loss)
 from icmlib.segmentation.cost import (FullResolutionCNN, activation_memory_mb, compare_inference_cost,
                                       compare_resolution_cost, evaluate_segmenter, peak_memory_mb,
                                       receptive_field, sliding_window_predict)
@@ -72,4 +83,10 @@ __all__ = [
     # pictures and tables
     "palette", "colorize", "error_overlay", "show_segmentations", "plot_training_curves",
     "plot_generator_analogy", "results_table",
+    # attention: a small SegFormer
+    "OverlapPatchEmbed", "EfficientSelfAttention", "MixFFN", "TransformerBlock", "SegFormerLite",
+    "segformer_for_width",
+    # autoregressive: a PixelCNN over the labels
+    "AR_FACTOR", "AutoregressiveSegmenter", "coarse_labels", "teacher_forcing_loss",
+    "grid_ceiling_miou", "autoregressive_segmenter_for", "sampling_cost",
 ]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from icmlib.cache import train_or_load
 from icmlib.engine import Reporter, RunState, every, train_loop
 from icmlib.presets import Preset, get_preset
+from icmlib.segmentation.attention import segformer_for_width
 from icmlib.segmentation.data import (JointAugment, SegmentationError, Tensors, segmentation_data,
                                       segmentation_num_classes)
 from icmlib.segmentation.dilated import DeepLab
@@ -290,7 +291,8 @@ def _segmenter_result(model, trainer: _SegmenterTraining, run: RunState, seconds
 # Train-or-load of named segmenters
 # ---------------------------------------------------------------------------------------
 
-SEGMENTERS = ("patch", "fcn", "unet_noskip", "unet", "unet_dice", "cgan", "vae", "deeplab")
+SEGMENTERS = ("patch", "fcn", "unet_noskip", "unet", "unet_dice", "cgan", "vae", "deeplab",
+              "attention")
 
 
 def build_segmenter(kind: str, preset: Union[Preset, str, None] = None,
@@ -315,6 +317,8 @@ def _build(kind: str, k: int, w: int, d: int, patch_size: int, latent_dim: int) 
         return VAESegmenter(3, k, w, d, latent_dim)
     if kind == "deeplab":
         return DeepLab(3, k, w, d)
+    if kind == "attention":
+        return segformer_for_width(3, k, w)
     raise SegmentationError(f"unknown segmenter {kind!r}; choose one of {SEGMENTERS}")
 
 
