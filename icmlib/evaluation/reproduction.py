@@ -77,25 +77,9 @@ from icmlib.evaluation.results import (REPRO_TASKS, describe_device, icm_name, l
 from icmlib.presets import Preset, get_preset
 
 #: the preset fields that decide what the reproduction trains (recorded in results.json)
-BUDGET_FIELDS = ("rd_lambdas", "low_rd_lambdas", "codec_steps", "codec_base_rate", "codec_finetune_steps",
-                 "icm_steps", "icm_val_every", "icm_task_weight", "icm_mse_weight", "lr")
-
-#: How the ``cpu`` preset's budget of about 45 minutes on 2 cores is spent, as measured in
-#: the run committed under ``data/results/cpu`` (wall minutes from the codecs'
-#: ``train_log.csv``; the base codec's first minutes shared the CPU with another job). The
-#: real times of a run are in its ``summary.md`` and ``results.json`` (``extra.timings``).
-#: Task networks are shared with the rest of the book (train-or-load), so after chapter 7
-#: they cost nothing here.
-CPU_BUDGET = """\
-task networks (2, train-or-load, shared with chapter 7)         0 if cached (else ~10 min)
-MSE base codec: 2000 steps from scratch at rate point 2            10.6 min
-3 MSE codecs fine-tuned to their λ from it, 400 steps each          4.6 min
-16 ICM codecs (2 tasks x 2 strategies x 4 rates), 150 steps each   20.2 min (from the MSE codec
-  of their rate; 3 validations on 16 images each)
-evaluation on 32 val images: 20 learned points (+ reference),      1.7 min (anchors cached);
-  6 anchors x 6 settings, each on both task networks                 4.2 min all of it
-total (task networks cached)                                       ~40 min
-"""
+BUDGET_FIELDS = ("rd_lambdas", "low_rd_lambdas", "codec_steps", "codec_base_rate",
+                 "codec_finetune_steps", "icm_steps", "icm_val_every", "icm_task_weight",
+                 "icm_mse_weight", "lr")
 
 
 class ReproductionError(RuntimeError):
