@@ -93,7 +93,7 @@ def test_settings_take_the_base_codecs_lambda():
     ci = get_preset("ci")
     s = context_settings(ci)
     assert s["lmbda"] == ci.rd_lambdas[ci.codec_base_rate]
-    assert {"N", "M", "steps", "batch_size", "crop", "lr"} <= set(s)
+    assert {"N", "M", "steps", "batch_size", "crop", "lr", "eval_images"} <= set(s)
 
 
 @pytest.mark.slow

@@ -239,15 +239,17 @@ def context_training_curves(records: Dict[str, dict], key: str = "bpp",
 #: The comparison's budget per preset: small on purpose (two models trained inside the book's
 #: build, each a few minutes on one CPU core), so the numbers are *at this budget*.
 CONTEXT_BUDGETS = {
-    "ci": {"N": 16, "M": 24, "steps": 20, "batch_size": 4, "crop": 64},
-    "cpu": {"N": 32, "M": 48, "steps": 1500, "batch_size": 8, "crop": 64},
-    "gpu": {"N": 128, "M": 192, "steps": 200_000, "batch_size": 16, "crop": 256},
+    "ci": {"N": 16, "M": 24, "steps": 20, "batch_size": 4, "crop": 64, "eval_images": 4},
+    "cpu": {"N": 32, "M": 48, "steps": 1000, "batch_size": 8, "crop": 64, "eval_images": 16},
+    "gpu": {"N": 128, "M": 192, "steps": 200_000, "batch_size": 16, "crop": 256,
+            "eval_images": 100},
 }
 
 
 def context_settings(preset: Union[Preset, str, None] = None) -> dict:
-    """The comparison's settings for a preset: N, M, steps, batch and crop from
-    :data:`CONTEXT_BUDGETS` (``cpu``'s for a preset it does not name); λ the book's base
+    """The comparison's settings for a preset: N, M, steps, batch, crop and the number of
+    images to code from :data:`CONTEXT_BUDGETS` (``cpu``'s for a preset it does not
+    name); λ the book's base
     MSE codec's (``rd_lambdas[codec_base_rate]``, the last one when that index is -1);
     the preset's learning rate."""
     preset = get_preset(preset)
