@@ -5,6 +5,7 @@ validation, and the loss-weighting strategies that make a codec an ICM codec.
 ``run``        :func:`codec_for` / :func:`codec_run`: train-or-load a codec by the recipe
 ``recipe``     which codec serves a rate, what it is fine-tuned from, its cache key
 ``codec``      :func:`train_codec`: one codec's run, its train step and validation hook
+``own``        :func:`train_icm_codec`: a codec for your own task network and COCO folder
 ``start``      a run's first weights (random or ``init_from``) and its two optimizers
 ``batches``    training batches addressed by step, so a resumed run gets them again
 ``validation`` :func:`validate_codec`: real bytes, the likelihood estimate, PSNR, the task
@@ -16,6 +17,7 @@ from icmlib.training.codec import (CHECKPOINT_NAME, CODEC_NAME, TRAIN_LOG, VAL_L
                                    CodecTraining, train_codec)
 from icmlib.training.recipe import (ALL_RATES, TRAIN_VERSION, codec_config, codec_parent,
                                     default_steps, recipe_rate, resolve_rate)
+from icmlib.training.own import train_icm_codec
 from icmlib.training.run import codec_at_rate, codec_for, codec_run, logs_at_rate
 from icmlib.training.start import configure_optimizers
 from icmlib.training.validation import validate_codec
@@ -31,6 +33,8 @@ __all__ = [
     # one training run
     "train_codec", "CodecTraining", "TrainingDiverged", "configure_optimizers",
     "validate_codec", "read_log", "CHECKPOINT_NAME", "CODEC_NAME", "TRAIN_LOG", "VAL_LOG",
+    # your own task network and data
+    "train_icm_codec",
     # loss weighting
     "STRATEGIES", "WeightingStrategy", "Fixed", "Dynamic", "Magnitude", "PerRate",
     "fixed_weights", "make_strategy", "rate_at", "schedule",

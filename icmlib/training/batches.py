@@ -8,9 +8,23 @@ crops and flips come from the dataset's own random stream, which the checkpoint 
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 
-__all__ = ["Batches"]
+from icmlib.presets import Preset
+
+__all__ = ["Batches", "crop_and_batch"]
+
+
+def crop_and_batch(preset: Preset, with_task: bool) -> Tuple[int, int]:
+    """``(crop side, batch size)`` of a codec's training batches: ``preset.crop_size`` and
+    ``batch_size``, or for an ICM codec ``icm_crop_size`` and ``icm_batch_size`` where set
+    (whole images for the toy task networks, which resize every input to their own size)."""
+    crop, batch_size = preset.crop_size, preset.batch_size
+    if with_task:
+        crop, batch_size = preset.icm_crop_size or crop, preset.icm_batch_size or batch_size
+    return crop, batch_size
 
 
 class Batches:

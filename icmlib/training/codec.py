@@ -37,7 +37,8 @@ Around it:
 
 ``init_from`` starts from an existing codec instead of random weights; the recipe that
 says which (:mod:`icmlib.training.recipe`) is followed by ``codec_for``
-(:mod:`icmlib.training.run`).
+(:mod:`icmlib.training.run`). A codec for a task network and a dataset of your own
+runs the same step and loop through :func:`run_training` (:mod:`icmlib.training.own`).
 """
 from __future__ import annotations
 
@@ -50,13 +51,13 @@ import torch
 
 from icmlib.cache import cache_dir, config_key, shown_path
 from icmlib.codec import losses
-from icmlib.codec.model import at_rate, codec_checkpoint, run_codec, save_codec
+from icmlib.codec import at_rate, codec_checkpoint, run_codec, save_codec
 from icmlib.engine import (Processes, Reporter, RunState, TrainingDiverged, all_mean,
                            average_gradients, barrier, check_finite, data_parallel, every,
                            isolated_rng, load_checkpoint, processes, read_log, save_checkpoint,
                            threads, train_loop, training_device)
 from icmlib.presets import Preset, get_preset
-from icmlib.training.batches import Batches
+from icmlib.training.batches import Batches, crop_and_batch
 from icmlib.training.recipe import TRAIN_VERSION, resolve_rate, run_config
 from icmlib.training.start import build_codec, configure_optimizers, init_identity, lr_milestones
 from icmlib.training.validation import validate_codec
@@ -67,8 +68,8 @@ CODEC_NAME = "codec.pt"
 TRAIN_LOG = "train_log.csv"
 VAL_LOG = "val_log.csv"
 
-__all__ = ["train_codec", "CodecTraining", "TrainingDiverged", "CHECKPOINT_NAME", "CODEC_NAME",
-           "TRAIN_LOG", "VAL_LOG"]
+__all__ = ["train_codec", "run_training", "CodecTraining", "TrainingDiverged", "CHECKPOINT_NAME",
+           "CODEC_NAME", "TRAIN_LOG", "VAL_LOG"]
 
 
 def train_codec(preset: Union[Preset, str, None] = None, task: Optional[str] = None,
@@ -133,25 +134,47 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
                  init_from, seed, command, on_step) -> Dict[str, Any]:
     _check_arguments(task, strategy)
     rate_index, lmbda = resolve_rate(preset, rate_index)
-    steps = int(steps if steps is not None else (preset.icm_steps if task else preset.codec_steps))
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    # ICM runs validate more often: their curves over training are the weighting comparison
-    val_every = max(1, preset.icm_val_every if task is not None else preset.val_every)
+    if steps is None:
+        steps = preset.icm_steps if task else preset.codec_steps
+    steps = _check_steps(steps)
     seed = preset.train_seed if seed is None else int(seed)
-    command = command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
 
     procs = processes()
     device = training_device(preset.device, procs.local_rank, f"preset {preset.name!r}")
     cfg = run_config(preset, task, strategy, rate_index, lmbda, steps, seed,
                      init_identity(init_from), procs.world)
     out_dir = Path(out_dir) if out_dir is not None else cache_dir("runs", "codec", config_key(cfg))
+    trainer = CodecTraining(preset, task, strategy, lmbda, steps, seed, init_from, device,
+                            procs, progress)
+    # ICM runs validate more often: their curves over training are the weighting comparison
+    val_every = max(1, preset.icm_val_every if task is not None else preset.val_every)
+    return run_training(trainer, cfg, out_dir, val_every=val_every, resume=resume,
+                        progress=progress, command=command, on_step=on_step)
+
+
+def _check_steps(steps) -> int:
+    steps = int(steps)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return steps
+
+
+def run_training(trainer: "CodecTraining", cfg: Mapping[str, Any], out_dir: Path, *,
+                 val_every: int, resume: bool, progress: bool, command: Optional[str],
+                 on_step=None, meta: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Run ``trainer`` for ``cfg["steps"]`` steps on the engine's loop, writing checkpoints,
+    logs and the codec to ``out_dir``; return :func:`train_codec`'s result.
+
+    ``cfg`` is the run's configuration (:func:`~icmlib.training.recipe.run_config`, plus
+    whatever else names the run): a checkpoint resumes only under the same one.
+    ``val_every=0`` never validates; ``meta`` is added to the codec's metadata.
+    """
+    preset, procs, steps = trainer.preset, trainer.procs, int(cfg["steps"])
+    command = command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
     if procs.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / CHECKPOINT_NAME
 
-    trainer = CodecTraining(preset, task, strategy, lmbda, steps, seed, init_from, device,
-                            procs, progress)
     run = trainer.run_state()
     _resume(run, ckpt_path, cfg, resume, progress and procs.is_main, steps)
     trainer.begin(run.step, Reporter(
@@ -160,8 +183,9 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
         unit="step"))
     callbacks = [trainer.report,
                  every(preset.checkpoint_every, lambda s, row: save_checkpoint(ckpt_path, run, cfg),
-                       steps),
-                 every(val_every, trainer.validate, steps)] + ([on_step] if on_step else [])
+                       steps)]
+    callbacks += [every(val_every, trainer.validate, steps)] if val_every else []
+    callbacks += [on_step] if on_step else []
     try:
         train_loop(trainer.step, run, steps, callbacks)
     except TrainingDiverged as e:
@@ -173,10 +197,11 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
         trainer.reporter.close()
     trainer.reporter.summary("last validation")
 
-    meta = {"preset": preset.name, "task": task, "strategy": strategy, "rate": lmbda,
-            "rate_index": rate_index, "steps": steps, "seed": seed, "command": command,
-            "weighting": trainer.weighting.describe(), "init_from": cfg["init_from"],
-            "world_size": procs.world, "device": str(device), "train_version": TRAIN_VERSION}
+    meta = {"preset": preset.name, "task": trainer.task, "strategy": trainer.strategy,
+            "rate": trainer.lmbda, "rate_index": cfg["rate_index"], "steps": steps,
+            "seed": cfg["seed"], "command": command, "weighting": trainer.weighting.describe(),
+            "init_from": cfg["init_from"], "world_size": procs.world,
+            "device": str(trainer.device), "train_version": TRAIN_VERSION, **(meta or {})}
     return _trained_codec(trainer.net, meta, out_dir, procs.is_main)
 
 
@@ -212,10 +237,16 @@ class CodecTraining:
     Built in a fixed order (codec, task network, optimizers, schedulers, scaler,
     weighting strategy, data), since each may draw from the random state seeded first:
     the same order gives the same run.
+
+    By default the task network is the preset's (``task_network(task, preset)``) and the
+    data the preset's (``dataset_for``); ``frozen`` (a :class:`~icmlib.tasks.FrozenTask`)
+    and ``data`` (``(train, val)`` datasets, ``train`` giving training views) replace
+    them (:func:`icmlib.training.own.train_icm_codec`).
     """
 
     def __init__(self, preset: Preset, task, strategy: str, lmbda, steps: int, seed: int,
-                 init_from, device: torch.device, procs: Processes, progress: bool):
+                 init_from, device: torch.device, procs: Processes, progress: bool, *,
+                 frozen=None, data=None):
         self.preset, self.task, self.strategy, self.lmbda = preset, task, strategy, lmbda
         self.device, self.procs = device, procs
         self.rates = len(lmbda) if isinstance(lmbda, list) else 0
@@ -223,8 +254,8 @@ class CodecTraining:
         torch.manual_seed(seed)
         self.net = build_codec(preset, init_from, lmbda).to(device)
         self.net.train()  # under autocast its entropy models still run in float32 (ICMCodec.forward)
-        self.frozen = None
-        if task is not None:
+        self.frozen = None if frozen is None else frozen.to(device)
+        if task is not None and frozen is None:
             from icmlib.tasks import FrozenTask, task_network
             self.frozen = FrozenTask(task_network(task, preset, progress=progress and procs.is_main),
                                      task).to(device)
@@ -234,18 +265,19 @@ class CodecTraining:
         self.aux_sched = torch.optim.lr_scheduler.MultiStepLR(self.aux_opt, milestones, gamma=0.1)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.weighting = make_strategy(strategy, lmbda, steps, task is not None, preset)
-        self._data(seed)
+        self._data(seed, data)
 
-    def _data(self, seed: int) -> None:
+    def _data(self, seed: int, data=None) -> None:
         from icmlib.data import dataset_for
 
         preset, procs = self.preset, self.procs
-        crop, batch_size = preset.crop_size, preset.batch_size
-        if self.task is not None:  # whole images for the toy task networks (see icm_crop_size)
-            crop, batch_size = preset.icm_crop_size or crop, preset.icm_batch_size or batch_size
-        self.train_ds = dataset_for(preset.replace(crop_size=crop), "train", train=True,
-                                    seed=seed + procs.rank)
-        self.val_ds = dataset_for(preset, "val", train=False) if procs.is_main else None
+        crop, batch_size = crop_and_batch(preset, self.task is not None)
+        if data is not None:
+            self.train_ds, self.val_ds = data[0], (data[1] if procs.is_main else None)
+        else:
+            self.train_ds = dataset_for(preset.replace(crop_size=crop), "train", train=True,
+                                        seed=seed + procs.rank)
+            self.val_ds = dataset_for(preset, "val", train=False) if procs.is_main else None
         self.batches = Batches(self.train_ds, batch_size, seed, procs.rank, procs.world,
                                preset.num_workers)
 
