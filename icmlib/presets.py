@@ -37,6 +37,9 @@ class Preset:
     codec_channels: int = 64            # N: channels of the transforms
     latent_channels: int = 96           # M: channels of the latent y
     codec_blocks: int = 0               # extra residual blocks per stage
+    # g_a/g_s: "residual" (ours) or "gdn" (CompressAI's MeanScaleHyperprior = the zoo's
+    # mbt2018-mean, whose pretrained weights then load; icmlib.codec.model.TRANSFORMS)
+    codec_transforms: str = "residual"
     crop_size: int = 64                 # training crops
     batch_size: int = 8
     # How every codec is trained (icmlib.training.codec_for, the book and `icm reproduce`):

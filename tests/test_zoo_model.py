@@ -117,3 +117,30 @@ def test_bad_zoo_names_list_the_choices(tmp_path, capsys, spec):
     err = capsys.readouterr().err
     assert "zoo:NAME:QUALITY" in err or all(m in err for m in ZOO_MODELS), err
     assert "Traceback" not in err
+
+
+def test_gdn_transforms_hold_the_zoo_codec_weights():
+    """ICMCodec(transforms="gdn") is CompressAI's mbt2018-mean under our name: the zoo's
+    pretrained state dict loads into it key for key, and it reconstructs the same image, so
+    the gpu preset can fine-tune the zoo codec with the project's training loop."""
+    from icmlib.codec import ICMCodec
+    from icmlib.training.recipe import run_config
+
+    torch.manual_seed(0)
+    zoo = image_models["mbt2018-mean"](quality=1, pretrained=False).eval()
+    ours = ICMCodec(128, 192, transforms="gdn").eval()
+    missing, unexpected = ours.load_state_dict(zoo.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("gaussian_conditional") for k in missing)
+    assert ours.config == {"N": 128, "M": 192, "blocks": 0, "transforms": "gdn"}
+    assert "transforms" not in ICMCodec(64, 96).config  # residual codecs keep their fingerprints
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(ours(x)["x_hat"], zoo(x)["x_hat"], atol=1e-5)
+    with pytest.raises(ValueError, match="transforms must be one of"):
+        ICMCodec(transforms="vit")
+    with pytest.raises(ValueError, match="need transforms='residual'"):
+        ICMCodec(blocks=1, transforms="gdn")
+    from icmlib.presets import get_preset
+    gdn = get_preset("ci", codec_transforms="gdn")
+    assert run_config(gdn, None, "mse", 0, 0.01, 1, 0, None)["codec_transforms"] == "gdn"
+    assert "codec_transforms" not in run_config(get_preset("ci"), None, "mse", 0, 0.01, 1, 0, None)

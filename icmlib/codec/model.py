@@ -78,6 +78,12 @@ def synthesis_transform(N: int, M: int, blocks: int = 0) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+#: g_a/g_s of an ICMCodec: "residual" (ours, cheng2020-style residual blocks) or "gdn"
+#: (CompressAI's MeanScaleHyperprior = the zoo's mbt2018-mean: 5×5 convolutions and GDN),
+#: whose module names match the zoo's, so its pretrained weights load into an ICMCodec
+TRANSFORMS = ("residual", "gdn")
+
+
 class ICMCodec(MeanScaleHyperprior):
     """Mean-scale hyperprior codec with residual analysis/synthesis transforms.
 
@@ -85,6 +91,9 @@ class ICMCodec(MeanScaleHyperprior):
         N: channels inside the transforms.
         M: channels of the latent y (the main bitstream).
         blocks: extra residual blocks per stage (depth).
+        transforms: ``"residual"`` (default) or ``"gdn"``: CompressAI's own
+            ``MeanScaleHyperprior`` transforms, those of the zoo's ``mbt2018-mean``, so that
+            codec's pretrained weights can be loaded and fine-tuned (the ``gpu`` preset).
         rates: 0 for a codec of one rate point (one λ). ``rates = R > 0`` makes a
             **variable-rate** codec (Cui et al., "Asymmetric gained deep image
             compression with continuous rate adaptation", CVPR 2021): one network
@@ -97,10 +106,16 @@ class ICMCodec(MeanScaleHyperprior):
             for an object with CompressAI's one-rate API.
     """
 
-    def __init__(self, N: int = 64, M: int = 96, blocks: int = 0, rates: int = 0):
+    def __init__(self, N: int = 64, M: int = 96, blocks: int = 0, rates: int = 0,
+                 transforms: str = "residual"):
         super().__init__(N=N, M=M)
-        self.g_a = analysis_transform(N, M, blocks)
-        self.g_s = synthesis_transform(N, M, blocks)
+        if transforms not in TRANSFORMS:
+            raise ValueError(f"transforms must be one of {TRANSFORMS}, got {transforms!r}")
+        if transforms == "residual":
+            self.g_a = analysis_transform(N, M, blocks)
+            self.g_s = synthesis_transform(N, M, blocks)
+        elif blocks:
+            raise ValueError("blocks (extra residual blocks) need transforms='residual'")
         # h_s and the scale-table search decide the CDFs: bit-identical in encoder and
         # decoder, whatever the device or thread count (icmlib.codec.determinism)
         self.h_s = ExactHyperSynthesis(*self.h_s)
@@ -114,6 +129,8 @@ class ICMCodec(MeanScaleHyperprior):
         self.config = {"N": N, "M": M, "blocks": blocks}
         if self.rates:  # one-rate codecs keep the config (and file fingerprints) they had
             self.config["rates"] = self.rates
+        if transforms != "residual":  # likewise: only a new kind of codec says so
+            self.config["transforms"] = transforms
 
     # ---- the gains of a variable-rate codec ----------------------------------------------
     def _gains(self, rate) -> Tuple[Any, Any]:
@@ -190,7 +207,8 @@ class ICMCodec(MeanScaleHyperprior):
 
     @classmethod
     def from_preset(cls, preset, rates: int = 0) -> "ICMCodec":
-        return cls(preset.codec_channels, preset.latent_channels, preset.codec_blocks, rates)
+        return cls(preset.codec_channels, preset.latent_channels, preset.codec_blocks, rates,
+                   preset.codec_transforms)
 
     @classmethod
     def from_state_dict(cls, state_dict, config: Dict[str, int]) -> "ICMCodec":

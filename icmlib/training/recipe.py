@@ -182,6 +182,8 @@ def run_config(preset: Preset, task, strategy, rate_index, lmbda: Union[float, L
     # process, more processes train on other (and more) batches. They enter the key only
     # when they differ from what every earlier key assumed (0 workers, 1 process), so the
     # codecs already trained keep their keys.
+    if preset.codec_transforms != "residual":
+        cfg["codec_transforms"] = preset.codec_transforms
     if preset.num_workers:
         cfg["num_workers"] = int(preset.num_workers)
     if world > 1:
