@@ -121,9 +121,10 @@ def test_the_committed_shipped_set_verifies(monkeypatch):
         assert shipped.sha256_of(path) == entry["sha256"], f"{name}: sha256 mismatch"
         assert entry["config"] and entry["command"] and entry["trained_at"]
     total = sum(e["bytes"] for e in manifest["entries"].values())
-    # 7 variable-rate codecs (~5 MB each), the task networks and the chapters' segmenters
-    # (~1 MB each) so that `make book` evaluates instead of training: keep it under 80 MB
-    assert total < 80e6, f"the shipped set is {total / 1e6:.1f} MB (keep it under 80 MB)"
+    # 15 codecs (~5 MB each: 7 variable-rate ones, 7 for the low rate points, s4's), the
+    # task networks and the chapters' segmenters (~1 MB each), so that `make book` and
+    # `icm reproduce` evaluate instead of training for hours: keep it under 120 MB
+    assert total < 120e6, f"the shipped set is {total / 1e6:.1f} MB (keep it under 120 MB)"
 
 
 def test_ship_from_cache_ships_what_is_trained_and_lists_the_rest(tmp_path, monkeypatch):
