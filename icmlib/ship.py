@@ -22,8 +22,7 @@ from icmlib.evaluation import REPRO_TASKS, cpu_model, git_commit
 from icmlib.shipped import (MANIFEST_NAME, map_tensors, entry_name, read_manifest, sha256_of,
                             shipped_dir, shipped_summary)
 from icmlib.tasks import task_config
-from icmlib.training import codec_config
-from icmlib.training.recipe import rate_points
+from icmlib.training import codec_config, rate_points
 
 #: buffers of CompressAI's entropy models that ``update()`` rebuilds: not shipped
 _CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")

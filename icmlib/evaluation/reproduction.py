@@ -110,7 +110,7 @@ def _by_rate(preset: Preset, task, strategy, progress) -> Dict[int, Dict[str, An
     (:func:`~icmlib.training.recipe.rate_points`); a variable-rate codec's checkpoint
     serves each of its points (:func:`rate_in_checkpoint` says which of its rates)."""
     from icmlib.training import codec_run
-    from icmlib.training.recipe import rate_points
+    from icmlib.training import rate_points
 
     ckpts: Dict[Any, Dict[str, Any]] = {}
     out = {}
@@ -123,14 +123,14 @@ def _by_rate(preset: Preset, task, strategy, progress) -> Dict[int, Dict[str, An
 
 def rate_in_checkpoint(preset: Preset, point: int) -> int:
     """Which rate of its codec's checkpoint serves the reproduction's rate ``point``."""
-    from icmlib.training.recipe import rate_points
+    from icmlib.training import rate_points
 
     return rate_points(preset)[point][1]
 
 
 def point_lambdas(preset: Preset) -> List[float]:
     """λ of each of the reproduction's rate points, lowest first."""
-    from icmlib.training.recipe import rate_points
+    from icmlib.training import rate_points
 
     return [lam for _, _, lam in rate_points(preset)]
 

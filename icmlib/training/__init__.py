@@ -15,8 +15,9 @@ validation, and the loss-weighting strategies that make a codec an ICM codec.
 from icmlib.engine import TrainingDiverged, read_log
 from icmlib.training.codec import (CHECKPOINT_NAME, CODEC_NAME, TRAIN_LOG, VAL_LOG,
                                    CodecTraining, train_codec)
-from icmlib.training.recipe import (ALL_RATES, TRAIN_VERSION, codec_config, codec_parent,
-                                    default_steps, recipe_rate, resolve_rate)
+from icmlib.training.recipe import (ALL_RATES, LOW_RATES, TRAIN_VERSION, codec_config,
+                                    codec_parent, default_steps, rate_points, recipe_rate,
+                                    resolve_rate)
 from icmlib.training.own import train_icm_codec
 from icmlib.training.run import codec_at_rate, codec_for, codec_run, logs_at_rate
 from icmlib.training.start import configure_optimizers
@@ -29,7 +30,7 @@ __all__ = [
     # train-or-load by the recipe
     "codec_for", "codec_run", "codec_at_rate", "logs_at_rate",
     "codec_config", "codec_parent", "default_steps", "recipe_rate", "resolve_rate",
-    "ALL_RATES", "TRAIN_VERSION",
+    "rate_points", "ALL_RATES", "LOW_RATES", "TRAIN_VERSION",
     # one training run
     "train_codec", "CodecTraining", "TrainingDiverged", "configure_optimizers",
     "validate_codec", "read_log", "CHECKPOINT_NAME", "CODEC_NAME", "TRAIN_LOG", "VAL_LOG",
