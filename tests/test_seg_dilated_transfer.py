@@ -7,21 +7,9 @@ import torch
 import icmlib.segmentation as seg
 from icmlib.presets import get_preset
 from icmlib.segmentation import ASPP, DeepLab, UNet, dilated_block
+from test_segmentation import toy_batch  # the same toy data as the segmentation tests
 
 torch.set_num_threads(1)
-
-
-def toy_batch(n=8, size=32, num_classes=3, seed=0):
-    """Images with bright rectangles; class = the bright colour channel."""
-    g = torch.Generator().manual_seed(seed)
-    images = 0.1 * torch.rand(n, 3, size, size, generator=g)
-    masks = torch.zeros(n, size, size, dtype=torch.long)
-    for i in range(n):
-        c = int(torch.randint(1, num_classes, (1,), generator=g))
-        t, l = torch.randint(0, size - 12, (2,), generator=g).tolist()
-        masks[i, t:t + 10, l:l + 10] = c
-        images[i, c - 1, t:t + 10, l:l + 10] = 0.9
-    return images, masks
 
 
 # --- dilated convolutions ------------------------------------------------------------------
