@@ -55,7 +55,12 @@ def compact(obj: Any) -> Any:
         logs["train"] = _thin(train, TRAIN_LOG_ROWS)
         obj["logs"] = logs
         obj.pop("run_dir", None)
-    return map_tensors(obj, lambda t: t.half() if t.dtype == torch.float32 else t)
+        return map_tensors(obj, lambda t: t.half() if t.dtype == torch.float32 else t)
+    # other networks have no expander to restore the constants of construction that
+    # float16 rounds to 0 (a likelihood bound of 1e-9, GDN's pedestal of 4e-12): a single
+    # number stays float32
+    return map_tensors(obj, lambda t: t.half() if t.dtype == torch.float32 and t.numel() > 1
+                       else t)
 
 
 def ship(kind: str, config: Mapping[str, Any], obj: Any, *, command: str, trained_at: str,
@@ -120,10 +125,10 @@ def ship_from_cache(preset, trained_at: str, *, directory: Optional[Path] = None
 
 
 #: what the book's chapters train beyond the reproduction: the semantic U-Net (chapter 7,
-#: s4) and the segmentation chapters' networks, plus the codecs of tasks the reproduction
-#: does not cover (s4's semantic ICM codec)
+#: s4), the segmentation chapters' networks and s5's two CompressAI codecs (hyperprior and
+#: context model), plus the codecs of tasks the reproduction does not cover (s4's)
 BOOK_KINDS = ("task-semantic", "segmenter", "segmenter-recipe", "segmenter-source",
-              "segmenter-transfer")
+              "segmenter-transfer", "context-codec")
 
 
 def ship_cached(kind: str, trained_at: str, *, preset_name: str,

@@ -168,3 +168,13 @@ def test_ship_cached_ships_the_books_networks_by_their_stored_configuration(tmp_
     (tmp_path / "cache").rename(tmp_path / "old-cache")  # a fresh clone: nothing cached
     loaded = train_or_load("segmenter", good, lambda: pytest.fail("must load the shipped one"))
     assert torch.equal(loaded["state_dict"]["w"], net["state_dict"]["w"].half().float())
+
+
+def test_compact_keeps_single_numbers_of_other_networks_in_float32():
+    """Without an expander (segmenters, s5's CompressAI codecs) a constant such as a
+    likelihood bound of 1e-9 must survive shipping: float16 would make it 0."""
+    obj = {"state_dict": {"w": torch.randn(3, 3), "bound": torch.tensor([1e-9]),
+                          "steps": torch.tensor(7)}}
+    small = ship.compact(obj)["state_dict"]
+    assert small["w"].dtype == torch.float16 and small["steps"].dtype == torch.int64
+    assert small["bound"].dtype == torch.float32 and float(small["bound"]) == pytest.approx(1e-9)
