@@ -109,8 +109,7 @@ def _by_rate(preset: Preset, task, strategy, progress) -> Dict[int, Dict[str, An
     """``{rate point: checkpoint dict}``, rate points numbered by λ, lowest first
     (:func:`~icmlib.training.recipe.rate_points`); a variable-rate codec's checkpoint
     serves each of its points (:func:`rate_in_checkpoint` says which of its rates)."""
-    from icmlib.training import codec_run
-    from icmlib.training import rate_points
+    from icmlib.training import codec_run, rate_points
 
     ckpts: Dict[Any, Dict[str, Any]] = {}
     out = {}
