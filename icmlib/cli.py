@@ -349,6 +349,9 @@ def _add_evaluate_commands(sub) -> None:
                    help="ignore the shipped checkpoints and retrain every task network and "
                         "codec with the same recipe (prints how long that took when the "
                         "shipped set was trained; the same as ICM_RETRAIN=1)")
+    r.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes that evaluate codecs side by side (default: one per CPU "
+                        "core on the CPU, one on a GPU); the numbers do not depend on it")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=_cmd_reproduce)
 
@@ -471,7 +474,8 @@ def _cmd_reproduce(args) -> int:
                + (" --retrain" if args.retrain else ""))
     try:
         reproduce(preset, args.out, progress=not args.quiet, command=command,
-                  force_evaluation=args.force_evaluation, retrain=args.retrain)
+                  force_evaluation=args.force_evaluation, retrain=args.retrain,
+                  workers=args.workers)
     except ReproductionError as e:
         raise CLIError(str(e)) from None
     return 0

@@ -301,18 +301,38 @@ def evaluation_key(codec_identity: Mapping[str, Any], dataset, networks: Mapping
     }
 
 
+def _cache_file(key: Mapping[str, Any]):
+    from icmlib.cache import cache_dir, config_key
+
+    return cache_dir("evaluations") / f"{config_key(key)}.json"
+
+
+def load_cached_evaluation(key: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The entry cached under ``key`` (JSON under ``$ICM_CACHE/evaluations``), or None
+    when there is none or it cannot be read."""
+    path = _cache_file(key)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())["entry"]
+    except (OSError, ValueError, KeyError):
+        return None  # unreadable cache: evaluate again
+
+
+def save_cached_evaluation(key: Mapping[str, Any], entry: Dict[str, Any]) -> None:
+    """Cache ``entry`` under ``key`` (written atomically: a reader never sees half a file)."""
+    from icmlib.cache import atomic_write_text
+
+    atomic_write_text(json.dumps({"key": _jsonable(key), "entry": _jsonable(entry)}),
+                      _cache_file(key))
+
+
 def cached_evaluation(key: Mapping[str, Any], evaluate: Callable[[], Dict[str, Any]],
                       *, force: bool = False) -> Dict[str, Any]:
     """Load the evaluation cached under ``key``, or run ``evaluate()`` and cache it (JSON
     under ``$ICM_CACHE/evaluations``)."""
-    from icmlib.cache import atomic_write_text, cache_dir, config_key
-
-    path = cache_dir("evaluations") / f"{config_key(key)}.json"
-    if path.exists() and not force:
-        try:
-            return json.loads(path.read_text())["entry"]
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable cache: evaluate again
-    entry = evaluate()
-    atomic_write_text(json.dumps({"key": _jsonable(key), "entry": _jsonable(entry)}), path)
+    entry = None if force else load_cached_evaluation(key)
+    if entry is None:
+        entry = evaluate()
+        save_cached_evaluation(key, entry)
     return entry

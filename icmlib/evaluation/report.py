@@ -97,6 +97,10 @@ def summary_markdown(results: Dict[str, Any]) -> str:
     if timings:
         lines += ["## Run time (wall clock)", ""] + [
             f"- {TIMING_LABELS.get(k, k)}: {v / 60:.1f} min" for k, v in timings.items()]
+        workers = results["extra"].get("evaluation_workers")
+        if workers:
+            lines.append(f"- the evaluation ran in {workers} process(es) side by side "
+                         f"(icmlib.evaluation.jobs)")
     return "\n".join(lines) + "\n"
 
 

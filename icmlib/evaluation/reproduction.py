@@ -69,9 +69,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from icmlib.evaluation import accuracy, evaluate, report, summary
+from icmlib.evaluation import accuracy, evaluate, jobs, report, summary
 from icmlib.evaluation.anchors import ANCHORS, AnchorUnavailable, make_anchor
-from icmlib.evaluation.bitmaps import object_bit_share
 from icmlib.evaluation.results import (REPRO_TASKS, describe_device, icm_name, load_results,
                                        mse_name, new_results, save_results)
 from icmlib.presets import Preset, get_preset
@@ -228,11 +227,15 @@ def _keeps_thread_count(fn):
 @_keeps_thread_count
 def reproduce(preset: Union[Preset, str, None] = None, out: Union[str, Path, None] = None, *,
               progress: bool = True, command: Optional[str] = None,
-              force_evaluation: bool = False, retrain: bool = False) -> Dict[str, Any]:
+              force_evaluation: bool = False, retrain: bool = False,
+              workers: Optional[int] = None) -> Dict[str, Any]:
     """Train or load, evaluate, and write the reproduction's outputs (see module docstring).
 
     ``retrain``: ignore the shipped checkpoints (:mod:`icmlib.shipped`) and train every
     task network and codec with the same recipe (their measured time is printed first).
+    ``workers``: processes that evaluate codecs side by side (default: one per CPU core
+    on the CPU, one on a GPU; :mod:`icmlib.evaluation.jobs`). The numbers do not depend
+    on it.
     Returns the results dict (also written to ``<out>/results.json``).
     """
     import os
@@ -245,7 +248,7 @@ def reproduce(preset: Union[Preset, str, None] = None, out: Union[str, Path, Non
         if progress:
             print(retrain_estimate())
     try:
-        return _reproduce(preset, out, progress, command, force_evaluation)
+        return _reproduce(preset, out, progress, command, force_evaluation, workers)
     finally:  # the caller's process keeps its own setting
         if before is None:
             os.environ.pop(RETRAIN_ENV, None)
@@ -265,7 +268,7 @@ def retrain_estimate() -> str:
             f"{s['train_hours']:.1f} h of training on {', '.join(hardware)}")
 
 
-def _reproduce(preset, out, progress, command, force_evaluation) -> Dict[str, Any]:
+def _reproduce(preset, out, progress, command, force_evaluation, workers) -> Dict[str, Any]:
     import torch
 
     from icmlib.data import dataset_for
@@ -293,24 +296,26 @@ def _reproduce(preset, out, progress, command, force_evaluation) -> Dict[str, An
 
     # 3. evaluation -------------------------------------------------------------------------
     t0 = time.time()
+    workers = jobs.default_workers(preset) if workers is None else workers
+    if workers < 1:
+        raise ReproductionError(f"workers must be at least 1, got {workers}")
     # reported numbers come from the test split, which chose nothing (0: all of it)
     dataset = accuracy.subset(dataset_for(preset, split="test"), preset.repro_eval_images or None)
     ref_key = evaluate.evaluation_key({"reference": True}, dataset, networks, [])
     reference = evaluate.cached_evaluation(ref_key, lambda: accuracy.reference_accuracy(
         REPRO_TASKS, dataset, preset=preset, networks=networks), force=force_evaluation)
-    entries, learned_nets = _evaluate_learned(ckpts, preset, dataset, networks, progress,
-                                              force_evaluation)
-    anchor_entries, skipped = _evaluate_anchors(preset, dataset, networks, progress,
-                                                force_evaluation)
+    entries, learned_nets, skipped = _evaluate_codecs(ckpts, preset, dataset, networks,
+                                                      progress, force_evaluation, workers)
     timings["evaluation_s"] = time.time() - t0
 
     # 4. results ------------------------------------------------------------------------------
     results = new_results(preset=preset, dataset=accuracy.dataset_info(dataset),
                           tasks=REPRO_TASKS, reference=reference, command=command,
-                          codecs=entries + anchor_entries)
+                          codecs=entries)
     _add_extra(results, preset, ckpts, skipped)
     timings["total_s"] = time.time() - t_start
     results["extra"]["timings"] = timings
+    results["extra"]["evaluation_workers"] = workers
     save_results(results, out / "results.json")
     report.write_outputs(results, out)
     report.write_bit_maps(learned_nets, dataset, out / "bitmaps.png")
@@ -319,56 +324,72 @@ def _reproduce(preset, out, progress, command, force_evaluation) -> Dict[str, An
     return results
 
 
-def _evaluate_learned(ckpts, preset, dataset, networks, progress, force_evaluation):
-    """Every learned codec's entry (cached by its weights), and its networks by rate."""
+def _evaluate_codecs(ckpts, preset, dataset, networks, progress, force_evaluation, workers):
+    """Every learned codec's and every anchor's entry (in that order; cached, or evaluated
+    side by side in ``workers`` processes: :mod:`icmlib.evaluation.jobs`), the learned
+    codecs' networks by rate, and the anchors that could not run with why."""
+    learned, learned_nets = _learned_jobs(ckpts, preset, dataset, networks)
+    anchors, skipped = anchors_for(preset)
+    anchor_jobs = [_anchor_job(a, preset, dataset, networks) for a in anchors]
+    outcomes = jobs.run_jobs(learned + anchor_jobs, preset, dataset, networks,
+                             workers=workers, progress=progress, force=force_evaluation)
+    entries = []
+    for job, outcome in zip(learned + anchor_jobs, outcomes):
+        if isinstance(outcome, Exception):
+            if job.bit_share_nets is not None or not _anchor_failure(outcome):
+                raise outcome
+            # an external tool that is installed but fails: report it, keep the others
+            skipped[job.name] = f"failed while encoding: {outcome}"
+            print(f"[icmlib] skipping anchor {job.name}: {outcome}")
+            continue
+        if job.bit_share_nets is not None and not all("object_bit_share" in p
+                                                      for p in outcome["points"]):
+            jobs.add_object_bit_shares(outcome, job.bit_share_nets, dataset)  # an older cache
+        entries.append(outcome)
+    return entries, learned_nets, skipped
+
+
+def _anchor_failure(error: Exception) -> bool:
+    """Whether an anchor's error means its tool failed (skip it), not the evaluation."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    return (isinstance(error, (AnchorUnavailable, RuntimeError, OSError))
+            and not isinstance(error, BrokenProcessPool))
+
+
+def _learned_jobs(ckpts, preset, dataset, networks):
+    """A job per learned codec (keyed by its weights), and its networks by rate."""
     from icmlib.codec import fingerprint
     from icmlib.training import codec_at_rate
 
-    entries = []
-    learned_nets: Dict[str, Dict[int, Any]] = {}
+    out, learned_nets = [], {}
     for name, by_rate in ckpts.items():
         rates = sorted(by_rate)
         nets = [codec_at_rate(by_rate[r], rate_in_checkpoint(preset, r)) for r in rates]
-        codec = evaluate.learned_codec(nets, name, preset)
         meta = by_rate[rates[0]].get("meta", {})
         task, strategy = meta.get("task"), meta.get("strategy")
         tasks = REPRO_TASKS if task is None else (task,)
-        group = "mse" if task is None else "icm"
         identity = {"learned": name, "nets": [fingerprint(n).hex() for n in nets]}
         key = evaluate.evaluation_key(identity, dataset, {t: networks[t] for t in tasks}, rates)
-        info = {"lambdas": [point_lambdas(preset)[r] for r in rates],
-                "steps": [by_rate[r].get("meta", {}).get("steps") for r in rates]}
-        entry = evaluate.cached_evaluation(key, lambda: evaluate.evaluate_codec(
-            codec, rates, dataset, tasks, preset=preset, networks=networks, progress=progress,
-            kind="learned", group=group, task=task, strategy=strategy, **info),
-            force=force_evaluation)
-        add_object_bit_shares(entry, dict(zip(rates, nets)), dataset)
-        entries.append(entry)
+        options = {"kind": "learned", "group": "mse" if task is None else "icm",
+                   "task": task, "strategy": strategy,
+                   "lambdas": [point_lambdas(preset)[r] for r in rates],
+                   "steps": [by_rate[r].get("meta", {}).get("steps") for r in rates]}
+        out.append(jobs.Job(name, key, evaluate.learned_codec(nets, name, preset), rates,
+                            tuple(tasks), options, bit_share_nets=dict(zip(rates, nets))))
         learned_nets[name] = dict(zip(rates, nets))
-    return entries, learned_nets
+    return out, learned_nets
 
 
-def _evaluate_anchors(preset, dataset, networks, progress, force_evaluation):
-    """Every anchor's entry that can run here (cached by its tool), and why the others
-    were skipped."""
-    anchors, skipped = anchors_for(preset)
-    entries = []
-    for anchor in anchors:
-        settings = spread(anchor.qualities, preset.repro_anchor_points)
-        identity = {"anchor": anchor.name, "tool": anchor.available()[1],
-                    "class": type(anchor).__name__}
-        key = evaluate.evaluation_key(identity, dataset, networks, settings)
-        try:
-            entries.append(evaluate.cached_evaluation(key, lambda: evaluate.evaluate_codec(
-                anchor, settings, dataset, REPRO_TASKS, preset=preset, networks=networks,
-                progress=progress, kind="anchor", group="traditional",
-                quality_label=getattr(anchor, "quality_label", "quality")),
-                force=force_evaluation))
-        except (AnchorUnavailable, RuntimeError, OSError) as err:
-            # an external tool that is installed but fails: report it, keep the others
-            skipped[anchor.name] = f"failed while encoding: {err}"
-            print(f"[icmlib] skipping anchor {anchor.name}: {err}")
-    return entries, skipped
+def _anchor_job(anchor, preset, dataset, networks) -> "jobs.Job":
+    """An anchor's job at the preset's settings (keyed by its tool's version)."""
+    settings = spread(anchor.qualities, preset.repro_anchor_points)
+    identity = {"anchor": anchor.name, "tool": anchor.available()[1],
+                "class": type(anchor).__name__}
+    key = evaluate.evaluation_key(identity, dataset, networks, settings)
+    options = {"kind": "anchor", "group": "traditional",
+               "quality_label": getattr(anchor, "quality_label", "quality")}
+    return jobs.Job(anchor.name, key, anchor, settings, tuple(REPRO_TASKS), options)
 
 
 def _add_extra(results: Dict[str, Any], preset: Preset, ckpts, skipped: Dict[str, str]) -> None:
@@ -382,13 +403,6 @@ def _add_extra(results: Dict[str, Any], preset: Preset, ckpts, skipped: Dict[str
     results["extra"]["bd_rate"] = summary.bd_details(results)
     results["extra"]["bd_rate_file"] = summary.bd_details(results, rate="bpp_file")
     results["extra"]["summary"] = summary.summarize(results)
-
-
-def add_object_bit_shares(entry: Dict[str, Any], nets: Dict[Any, Any], dataset) -> None:
-    """Add ``object_bit_share`` and ``object_area_share`` (:mod:`icmlib.evaluation.bitmaps`) to each
-    point of a learned codec's entry, measured on the same images as the rest."""
-    for point in entry["points"]:
-        point.update(object_bit_share(nets[point["setting"]], dataset))
 
 
 # ---- for the book -------------------------------------------------------------------------
