@@ -13,7 +13,8 @@ from icmlib.presets import get_preset
 
 OUTPUTS = ("results.json", "rd_detection.png", "rd_instance.png", "rd_psnr.png",
            "weighting_detection.png", "weighting_instance.png", "bd_rate.md", "bd_rate.csv",
-           "summary.md", "bitmaps.png", "bd_rate_file.md", "bd_rate_file.csv")
+           "summary.md", "bitmaps.png", "bd_rate_file.md", "bd_rate_file.csv",
+           "object_shares.png")
 
 
 def test_spread_settings():
@@ -38,6 +39,24 @@ def test_equal_quality_rates_interpolates_in_log_rate():
     assert out["anchors"]["b"].startswith("below its lowest setting")
     assert out["anchors"]["c"].startswith("above its highest setting")
     assert out["anchors"]["d"] == pytest.approx(0.1 * 4 ** (4 / 8))
+
+
+def test_object_shares_compare_at_equal_bpp_and_at_the_same_rate_point():
+    def codec(name, group, pts):
+        return {"name": name, "kind": "learned", "group": group,
+                "points": [{"setting": i, "bpp": b, "object_bit_share": s,
+                            "object_area_share": 0.1} for i, (b, s) in enumerate(pts)]}
+
+    results = {"codecs": [codec("mse", "mse", [(0.1, 0.20), (0.4, 0.10)]),
+                          codec("icm", "icm", [(0.05, 0.40), (0.2, 0.30)]),
+                          {"name": "jpeg", "kind": "anchor", "points": [{"bpp": 0.3}]}]}
+    rows = {(r["codec"], r["setting"]): r for r in evaluation.object_share_table(results)}
+    assert ("jpeg", 0) not in rows
+    assert rows[("icm", 0)]["vs_mse"] == pytest.approx(2.0)
+    assert rows[("icm", 0)]["vs_mse_equal_bpp"] is None  # below the baseline's rates
+    # at 0.2 bpp, halfway in log rate between 0.1 and 0.4: the baseline spends 15 %
+    assert rows[("icm", 1)]["vs_mse_equal_bpp"] == pytest.approx(0.30 / 0.15)
+    assert rows[("icm", 1)]["vs_mse"] == pytest.approx(3.0)
 
 
 def test_budget_fields_in_presets():

@@ -34,8 +34,8 @@ from icmlib.evaluation.bitmaps import bit_map, object_bit_share, plot_bit_maps
 from icmlib.evaluation.evaluate import (CodedImages, cached_evaluation, codec_settings,
                                         evaluate_codec, evaluate_point, evaluation_key,
                                         learned_codec, pil_to_tensor, tensor_to_pil)
-from icmlib.evaluation.plots import (plot_bd_illustration, plot_rd_curves, plot_training_logs,
-                                     plot_weighting_comparison)
+from icmlib.evaluation.plots import (plot_bd_illustration, plot_object_shares, plot_rd_curves,
+                                     plot_training_logs, plot_weighting_comparison)
 from icmlib.evaluation.report import summary_markdown, write_outputs
 from icmlib.evaluation.reproduction import (ReproductionError, book_results, find_results,
                                             reproduce, train_codecs)
@@ -88,7 +88,7 @@ __all__ = [
     "summary_markdown", "write_outputs",
     # figures
     "plot_rd_curves", "plot_bd_illustration", "plot_weighting_comparison",
-    "plot_training_logs", "bit_map", "object_bit_share", "plot_bit_maps",
+    "plot_training_logs", "bit_map", "object_bit_share", "plot_bit_maps", "plot_object_shares",
     # the convergence study
     "convergence_rows", "plot_convergence", "write_convergence",
 ]

@@ -79,6 +79,42 @@ def plot_rd_curves(results, metric="bbox_map", ax=None, codecs=None, task=None,
     return ax
 
 
+def plot_object_shares(results, ax=None, legend=True):
+    """Where the bits go, against rate: each learned codec's share of main-stream bits
+    inside the objects (``object_bit_share`` of its points) over bpp, and the objects'
+    share of the image as a dotted line -- what a codec blind to content would spend.
+    Codecs are compared at equal bpp, reading vertically: the share rises as the rate
+    falls for every codec (:func:`icmlib.evaluation.summary.object_share_table`)."""
+    import matplotlib.pyplot as plt
+
+    from icmlib.evaluation.results import load_results
+
+    results = load_results(results)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4.4))
+    areas = []
+    for codec in results["codecs"]:
+        points = sorted((p["bpp"], p["object_bit_share"], p["object_area_share"])
+                        for p in codec["points"] if "object_bit_share" in p)
+        if not points:
+            continue
+        x, y, area = zip(*points)
+        areas += area
+        ax.plot(x, y, label=codec["name"], **_rd_style(codec))
+    if areas:
+        ax.axhline(float(sum(areas) / len(areas)), color="black", linestyle=":", linewidth=1.2,
+                   label="objects' share of the image")
+    ax.set_xscale("log")
+    ax.set_xlabel("bits per pixel (real bytes, log scale)")
+    ax.set_ylabel("share of bits inside objects")
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    ax.set_title("Where the bits go: share inside objects against rate", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7, loc="upper right")
+    return ax
+
+
 def plot_bd_illustration(anchor, test, method="pchip", ax=None, anchor_name="anchor",
                          test_name="test", quality_label="quality"):
     """The Bjøntegaard delta drawn: both curves as log10(rate) against quality, the

@@ -24,10 +24,17 @@ PAPER_BD_RATE = {"detection": -37.87, "instance": -32.90}
 
 
 def object_share_table(results: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Per learned codec and rate point: bpp, object bit share, and the ratio to the MSE
-    baseline's share at the same rate point."""
-    mse = {p["setting"]: p for c in results["codecs"] if c.get("group") == "mse"
-           for p in c["points"]}
+    """Per learned codec and rate point: bpp, object bit share, and its ratio to the MSE
+    baseline's share two ways: at the same rate point (``vs_mse``: the same λ) and at the
+    same bpp (``vs_mse_equal_bpp``: the MSE baseline's share interpolated at this point's
+    bpp, None outside the baseline's range of rates).
+
+    The two differ because the share depends on the rate: at a low rate the flat
+    background is nearly free, so even the MSE baseline spends more of its few bits on the
+    objects' edges. An ICM codec at the same λ codes at a lower rate than the baseline, so
+    only the equal-bpp ratio compares codecs spending the same budget."""
+    mse = next((c["points"] for c in results["codecs"] if c.get("group") == "mse"), [])
+    by_setting = {p["setting"]: p for p in mse}
     rows = []
     for c in results["codecs"]:
         if c.get("kind") != "learned":
@@ -35,12 +42,25 @@ def object_share_table(results: Dict[str, Any]) -> List[Dict[str, Any]]:
         for p in c["points"]:
             if "object_bit_share" not in p:
                 continue
-            base = mse.get(p["setting"], {}).get("object_bit_share")
+            base = by_setting.get(p["setting"], {}).get("object_bit_share")
+            at_bpp = share_at_bpp(mse, p["bpp"])
             rows.append({"codec": c["name"], "setting": p["setting"], "bpp": p["bpp"],
                          "object_bit_share": p["object_bit_share"],
                          "object_area_share": p["object_area_share"],
-                         "vs_mse": p["object_bit_share"] / base if base else None})
+                         "vs_mse": p["object_bit_share"] / base if base else None,
+                         "vs_mse_equal_bpp": p["object_bit_share"] / at_bpp if at_bpp else None})
     return rows
+
+
+def share_at_bpp(points: Sequence[Dict[str, Any]], bpp: float) -> Optional[float]:
+    """A codec's object bit share at ``bpp``, linear in log bpp between its two nearest
+    points; None outside its range of rates (or when its points have no shares)."""
+    known = sorted((p["bpp"], p["object_bit_share"]) for p in points
+                   if "object_bit_share" in p and p["bpp"] > 0)
+    if len(known) < 2 or not known[0][0] <= bpp <= known[-1][0]:
+        return None
+    rates, shares = zip(*known)
+    return float(np.interp(np.log(bpp), np.log(rates), shares))
 
 
 def paper_table(results: Dict[str, Any], as_text: bool = True, method: str = "pchip",
