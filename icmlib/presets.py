@@ -40,6 +40,12 @@ class Preset:
     # g_a/g_s: "residual" (ours) or "gdn" (CompressAI's MeanScaleHyperprior = the zoo's
     # mbt2018-mean, whose pretrained weights then load; icmlib.codec.model.TRANSFORMS)
     codec_transforms: str = "residual"
+    # "" (default): the MSE codecs are trained here (codec_steps below). A CompressAI zoo
+    # model's name ("mbt2018-mean"): the MSE codec of each rate point *is* the zoo codec
+    # trained with that λ (icmlib.codec.zoo.ZOO_LAMBDAS), downloaded, not trained, and ICM
+    # codecs are fine-tuned from it (icmlib.training.zoo). Needs codec_transforms="gdn" and
+    # the zoo architecture's N, M; enters a codec's key only when set.
+    codec_zoo: str = ""
     crop_size: int = 64                 # training crops
     batch_size: int = 8
     # How every codec is trained (icmlib.training.codec_for, the book and `icm reproduce`):
@@ -204,16 +210,30 @@ PRESETS = {
     ),
     "gpu": Preset(
         name="gpu", dataset="coco",
-        codec_channels=128, latent_channels=192, codec_blocks=1,
-        crop_size=256, batch_size=16, codec_steps=300_000, icm_steps=200_000,
-        rd_lambdas=(0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483),
+        # The MSE baseline of each rate point is CompressAI's pretrained mbt2018-mean at
+        # quality 1-4 (N=128, M=192 at those qualities), with the λ it was trained with
+        # (CompressAI's model zoo page, https://interdigitalinc.github.io/CompressAI/zoo.html,
+        # "lambda values used for training"; the same list is in compressai/models/vbr.py):
+        # nothing is trained from scratch, so codec_steps and codec_finetune_steps are 0.
+        # Every ICM codec is fine-tuned from it for icm_steps on COCO train2017: sized so
+        # one codec fits a Colab session on a T4 (the estimate from FLOP counts in the
+        # "Running at paper scale" chapter), resumable from its checkpoints under
+        # $ICM_CACHE. The paper's dynamic strategy only: 2 tasks x 4 rates = 8 codecs.
+        codec_zoo="mbt2018-mean", codec_transforms="gdn",
+        codec_channels=128, latent_channels=192, codec_blocks=0,
+        crop_size=256, batch_size=8, codec_steps=0, codec_finetune_steps=0,
+        icm_steps=10_000, variable_rate=False,
+        rd_lambdas=(0.0018, 0.0035, 0.0067, 0.0130),
         task_pretrained=True, task_image_size=800, task_steps=0, task_batch_size=8,
         task_unet_width=32, task_unet_depth=4, task_semantic_steps=20_000,
         task_detections_per_image=100,
         eval_images=5000, device="cuda", num_workers=8, amp=True,
-        codec_base_rate=-1, repro_eval_images=5000, repro_anchor_points=0,
-        log_every=100, val_every=5000, icm_val_every=5000,
-        checkpoint_every=5000, train_val_images=200, icm_crop_size=0, icm_batch_size=0,
+        codec_base_rate=-1, repro_anchor_points=0, repro_strategies=("dynamic",),
+        # val2017 images every codec is evaluated on: a fixed subset (the first 500 by
+        # image id); 0 evaluates on all 5000
+        repro_eval_images=500,
+        log_every=100, val_every=2000, icm_val_every=2000,
+        checkpoint_every=500, train_val_images=200, icm_crop_size=0, icm_batch_size=0,
         seg_image_size=256, seg_width=32, seg_depth=4, seg_steps=20_000, seg_batch_size=16,
         seg_lr=1e-3, seg_val_every=1000, seg_patience=5, seg_eval_images=500,
         seg_patch_size=17, seg_pretrain_steps=20_000, seg_transfer_labels=200, seg_transfer_steps=5000,

@@ -26,6 +26,8 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from compressai.models import MeanScaleHyperprior
+
 from icmlib.codec.determinism import ExactHyperSynthesis
 from icmlib.codec.pretrained import ModelError
 
@@ -35,6 +37,11 @@ ZOO_PREFIX = "zoo:"
 ZOO_MODELS = ("bmshj2018-hyperprior", "mbt2018-mean")
 #: what the zoo's codecs learned from (CompressAI's model zoo documentation)
 ZOO_TRAINING = "natural photos (256×256 patches of Vimeo-90k, CompressAI's model zoo)"
+#: λ each MSE zoo codec was trained with, quality 1..8, in the loss R + λ·255²·MSE (ours):
+#: CompressAI's model zoo page (https://interdigitalinc.github.io/CompressAI/zoo.html, "the
+#: following loss functions and lambda values were used for training"); the same list is
+#: ``ScaleHyperpriorVbr.lmbda`` in compressai/models/vbr.py
+ZOO_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
 
 
 def is_zoo_spec(model) -> bool:
@@ -112,3 +119,44 @@ def zoo_codec(spec: str, download: Optional[Callable[[str], Path]] = None):
             raise ModelError(f"the weights of {spec} are not cached and the download failed: "
                              f"{why.rstrip('.')}; without network, {by_hand}") from None
     return load_zoo_weights(name, quality, path)
+
+
+def zoo_quality(lmbda: float) -> int:
+    """The zoo quality (1..8) trained with ``lmbda`` (:data:`ZOO_LAMBDAS`), or a
+    :class:`ModelError` listing the λs there are."""
+    for quality, trained in enumerate(ZOO_LAMBDAS, start=1):
+        if abs(float(lmbda) - trained) <= 1e-9 + 1e-6 * trained:
+            return quality
+    raise ModelError(f"no CompressAI zoo codec was trained with λ={lmbda:g}; the zoo's "
+                     f"qualities 1-8 have λ = {list(ZOO_LAMBDAS)}")
+
+
+def zoo_architecture(name: str, quality: int) -> Tuple[int, int]:
+    """``(N, M)``: the channels of zoo model ``name`` at ``quality`` (CompressAI's ``cfgs``;
+    mbt2018-mean has N=128, M=192 at qualities 1-4 and 192, 320 above)."""
+    from compressai.zoo.image import cfgs
+
+    if name not in cfgs or quality not in cfgs[name]:
+        raise ModelError(f"no CompressAI zoo architecture {name!r} at quality {quality}")
+    n, m = cfgs[name][quality]
+    return int(n), int(m)
+
+
+def zoo_as_icm_codec(zoo_net) -> "ICMCodec":
+    """A zoo ``mbt2018-mean`` as an :class:`~icmlib.codec.model.ICMCodec` with
+    ``transforms="gdn"``: the same modules under the same names, so its weights load key for
+    key; the CDF tables are then rebuilt on our finer scale table, and ``net.meta`` keeps
+    the zoo's. Our training loop can fine-tune it like any codec of ours."""
+    from icmlib.codec.model import ICMCodec
+
+    if not isinstance(zoo_net, MeanScaleHyperprior):
+        raise ModelError(f"only a mean-scale hyperprior (the zoo's mbt2018-mean) has the "
+                         f"transforms of ICMCodec(transforms='gdn'), not "
+                         f"{type(zoo_net).__name__}")
+    n, m = zoo_net.N, zoo_net.M
+    net = ICMCodec(n, m, transforms="gdn")
+    net.load_state_dict(zoo_net.state_dict())
+    net.update(force=True)
+    net.eval()
+    net.meta = dict(getattr(zoo_net, "meta", None) or {})
+    return net

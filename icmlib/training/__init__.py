@@ -4,6 +4,7 @@ validation, and the loss-weighting strategies that make a codec an ICM codec.
 ============== =========================================================================
 ``run``        :func:`codec_for` / :func:`codec_run`: train-or-load a codec by the recipe
 ``recipe``     which codec serves a rate, what it is fine-tuned from, its cache key
+``zoo``        ``codec_zoo`` presets (``gpu``): the MSE codec is CompressAI's, not trained
 ``codec``      :func:`train_codec`: one codec's run, its train step and validation hook
 ``own``        :func:`train_icm_codec`: a codec for your own task network and COCO folder
 ``start``      a run's first weights (random or ``init_from``) and its two optimizers
@@ -19,6 +20,7 @@ from icmlib.training.recipe import (ALL_RATES, LOW_RATES, TRAIN_VERSION, codec_c
                                     codec_parent, default_steps, rate_points, recipe_rate,
                                     resolve_rate)
 from icmlib.training.own import train_icm_codec
+from icmlib.training.zoo import zoo_codec_config, zoo_mse_checkpoint, zoo_quality_for
 from icmlib.training.run import codec_at_rate, codec_for, codec_run, logs_at_rate
 from icmlib.training.start import configure_optimizers
 from icmlib.training.validation import validate_codec
@@ -31,6 +33,8 @@ __all__ = [
     "codec_for", "codec_run", "codec_at_rate", "logs_at_rate",
     "codec_config", "codec_parent", "default_steps", "recipe_rate", "resolve_rate",
     "rate_points", "ALL_RATES", "LOW_RATES", "TRAIN_VERSION",
+    # the MSE codec from CompressAI's zoo (codec_zoo presets: gpu)
+    "zoo_quality_for", "zoo_codec_config", "zoo_mse_checkpoint",
     # one training run
     "train_codec", "CodecTraining", "TrainingDiverged", "configure_optimizers",
     "validate_codec", "read_log", "CHECKPOINT_NAME", "CODEC_NAME", "TRAIN_LOG", "VAL_LOG",

@@ -135,6 +135,11 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
     _check_arguments(task, strategy)
     rate_index, lmbda = resolve_rate(preset, rate_index)
     if steps is None:
+        if task is None and preset.codec_zoo:
+            raise ValueError(f"preset {preset.name!r} trains no MSE codec: each is CompressAI's "
+                             f"{preset.codec_zoo} at the λ of its rate point (codec_zoo); get "
+                             f"one with icmlib.training.codec_for({preset.name!r}, rate_index=i), "
+                             f"or give the steps to train one of this architecture here")
         steps = preset.icm_steps if task else preset.codec_steps
     steps = _check_steps(steps)
     seed = preset.train_seed if seed is None else int(seed)

@@ -5,7 +5,9 @@ training run: the rate's λ (:func:`resolve_rate`), the codec it starts from
 (:func:`codec_parent`: ICM codecs from the MSE codec at their rate, MSE codecs from the
 one at ``preset.codec_base_rate``), its steps (:func:`default_steps`), and every setting
 that changes its weights (:func:`codec_config`): the configuration whose hash is the
-codec's cache key, under which the shipped checkpoints are found. A field added here
+codec's cache key, under which the shipped checkpoints are found. A preset with
+``codec_zoo`` takes its MSE codecs from CompressAI's zoo instead of training them
+(:mod:`icmlib.training.zoo`). A field added here
 changes every key, so a new setting enters the key only when it differs from what the
 earlier keys assumed.
 """
@@ -18,6 +20,7 @@ import numpy as np
 
 from icmlib.engine.distributed import world_size
 from icmlib.presets import Preset, get_preset
+from icmlib.training.zoo import zoo_codec_config
 
 #: Bump when the training procedure changes, so cached codecs are retrained.
 TRAIN_VERSION = "1"
@@ -79,13 +82,16 @@ def codec_parent(preset: Union[Preset, str, None] = None, task: Optional[str] = 
     codec); an MSE codec at a rate other than ``codec_base_rate`` -- or the variable-rate
     MSE codec (rate ``"all"``) -- starts from the one-rate MSE codec at the base rate; the
     base MSE codec (or every MSE codec when ``codec_base_rate = -1``) starts from random
-    weights.
+    weights. With ``preset.codec_zoo`` no MSE codec has a parent: each is the zoo codec
+    trained with its λ (:mod:`icmlib.training.zoo`).
     """
     preset = get_preset(preset)
     index, lmbda = resolve_rate(preset, rate_index)
     rate = lmbda if index is None else index
     if task is not None:
         return (None, "mse", rate) if preset.icm_init_from_mse else None
+    if preset.codec_zoo:
+        return None
     base = preset.codec_base_rate
     if base < 0 or index == base:
         return None
@@ -103,6 +109,8 @@ def default_steps(preset: Preset, task: Optional[str], parent, rate_index: Rate 
     """
     if task is not None:
         steps = int(preset.icm_steps)
+    elif preset.codec_zoo:
+        steps = 0  # taken from CompressAI's zoo, not trained (icmlib.training.zoo)
     else:
         steps = int(preset.codec_finetune_steps if parent is not None else preset.codec_steps)
     if rate_index == LOW_RATES:
@@ -150,6 +158,8 @@ def _codec_config(preset: Preset, task, strategy, rate_index, steps) -> Dict[str
     from icmlib.data import world_config
 
     rate_index, lmbda = resolve_rate(preset, rate_index)
+    if task is None and preset.codec_zoo:
+        return zoo_codec_config(preset, rate_index, lmbda, TRAIN_VERSION)
     parent = codec_parent(preset, task, lmbda if rate_index is None else rate_index)
     steps = int(steps if steps is not None else default_steps(preset, task, parent, rate_index))
     init = None if parent is None else _codec_config(preset, *parent, None)

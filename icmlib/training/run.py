@@ -5,7 +5,8 @@ looks the codec up by its key (:func:`icmlib.training.recipe.codec_config`: ship
 checkpoints first, then the cache) and trains it only when it is in neither, after
 training or loading the codec it is fine-tuned from. The run folder
 ``$ICM_CACHE/runs/codec/<key>`` keeps the checkpoint and the CSV logs, so an interrupted
-training resumes the next time it is asked for.
+training resumes the next time it is asked for. On a preset with ``codec_zoo`` the MSE
+codecs come from CompressAI's zoo (:mod:`icmlib.training.zoo`), cached under their key.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from icmlib.codec import at_rate, load_codec
 from icmlib.presets import Preset, get_preset
 from icmlib.training import codec
 from icmlib.training.recipe import _codec_config, codec_parent, recipe_rate
+from icmlib.training.zoo import zoo_mse_checkpoint
 
 __all__ = ["codec_run", "codec_for", "codec_at_rate", "logs_at_rate"]
 
@@ -42,6 +44,10 @@ def codec_run(preset: Union[Preset, str, None] = None, task: Optional[str] = Non
 def _codec_run(preset: Preset, task, strategy, rate_index, progress, force, steps):
     cfg = _codec_config(preset, task, strategy, rate_index, steps)
     run_dir = cache_dir("runs", "codec", config_key(cfg))
+
+    if task is None and preset.codec_zoo:  # the zoo's codec for this λ: fetched, not trained
+        return train_or_load("codec", cfg, lambda: zoo_mse_checkpoint(preset, cfg, progress),
+                             force=force, verbose=progress)
 
     def train():
         init = None
