@@ -60,3 +60,34 @@ def test_codec_step_cost_scales_with_pixels():
     assert large["flops_per_step"] == pytest.approx(4 * small["flops_per_step"], rel=0.02)
     assert large["activation_bytes"] == pytest.approx(4 * small["activation_bytes"], rel=0.02)
     assert seconds_at(2e12, 1.0) == 2.0
+
+
+def test_the_frozen_detector_is_counted_without_weight_gradients():
+    """The ICM step's detector term: loss and backward into the image only, extended along
+    the line through two counts (the heads do not grow with the pixels)."""
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    from icmlib.cost import _toy_targets, frozen_detector_cost, task_forward_backward_cost
+
+    frozen = frozen_detector_cost("detection", 96, sides=(64, 96))
+    trained = task_forward_backward_cost(
+        fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=96, max_size=96),
+        torch.rand(1, 3, 96, 96), _toy_targets("detection", 1, 96))
+    assert 0 < frozen["flops_per_image"] < trained["flops_per_step"]  # no weight gradients
+    assert frozen["parameters"] == trained["parameters"]
+
+
+def test_budget_table_is_flops_over_the_assumed_throughput():
+    from icmlib.cost import CUDA_OVERHEAD_GIB, GPUS, budget_table, peak_memory_gib
+
+    step = {"flops_per_step": 2e12, "activation_bytes": 2 * 2**30, "codec_parameters": 2**26,
+            "detector_parameters": 2**28}
+    assert peak_memory_gib(step, amp=False) == pytest.approx(2 + 1 + 1 + CUDA_OVERHEAD_GIB)
+    assert peak_memory_gib(step) == pytest.approx(1 + 1 + 1 + CUDA_OVERHEAD_GIB)
+    rows = budget_table(step, steps_per_codec=3600, codecs=2, session_hours=1.0,
+                        gpus={"X": {"peak_tflops": 20.0, "memory_gib": 3.5}}, utilization=0.1)
+    (row,) = rows
+    assert row["s per step"] == pytest.approx(1.0) and row["min per 1000 steps"] == pytest.approx(1000 / 60)
+    assert row["h per ICM codec"] == pytest.approx(1.0) and row["h for all codecs"] == pytest.approx(2.0)
+    assert row["codec fits a session"] and not row["memory fits"]
+    assert set(GPUS) == {"T4", "L4", "A100"}
