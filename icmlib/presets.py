@@ -227,11 +227,11 @@ PRESETS = {
         task_pretrained=True, task_image_size=800, task_steps=0, task_batch_size=8,
         task_unet_width=32, task_unet_depth=4, task_semantic_steps=20_000,
         task_detections_per_image=100,
-        eval_images=5000, device="cuda", num_workers=8, amp=True,
+        device="cuda", num_workers=8, amp=True,
         codec_base_rate=-1, repro_anchor_points=0, repro_strategies=("dynamic",),
         # val2017 images every codec is evaluated on: a fixed subset (the first 500 by
-        # image id); 0 evaluates on all 5000
-        repro_eval_images=500,
+        # image id; `icm evaluate` too); 0 evaluates on all 5000
+        eval_images=500, repro_eval_images=500,
         log_every=100, val_every=2000, icm_val_every=2000,
         checkpoint_every=500, train_val_images=200, icm_crop_size=0, icm_batch_size=0,
         seg_image_size=256, seg_width=32, seg_depth=4, seg_steps=20_000, seg_batch_size=16,
