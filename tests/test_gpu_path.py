@@ -9,6 +9,7 @@ torchvision-shaped Faster R-CNN, both saved where torch's hub cache keeps the do
 steps, a few images) make it run in a test.
 """
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +19,8 @@ from icmlib.codec import ICMCodec, ModelError, load_codec, zoo_weights
 from icmlib.codec.zoo import ZOO_LAMBDAS, zoo_architecture
 from icmlib.data import export_coco_layout
 from icmlib.presets import PRESETS, get_preset
-from icmlib.training import (codec_config, codec_for, codec_parent, codec_run, default_steps,
-                             train_codec)
+from icmlib.training import (CHECKPOINT_NAME, codec_config, codec_for, codec_parent, codec_run,
+                             default_steps, train_codec)
 from test_coco2017_standin import save_random_detector  # the same stand-in detector
 from test_zoo_model import refusing_url, save_zoo_shaped  # the same zoo stand-ins
 
@@ -129,6 +130,7 @@ def test_the_gpu_path_end_to_end_on_the_stand_ins(standin, one_thread):
     mse, icm = codecs[mse_name()], codecs[icm_name("detection", "dynamic")]
     assert sorted(mse) == sorted(icm) == [0, 1]
     for point, ckpt in icm.items():
+        assert (Path(ckpt["run_dir"]) / CHECKPOINT_NAME).is_file()  # resumable
         rows = ckpt["logs"]["train"]
         assert len(rows) == preset.icm_steps and ckpt["logs"]["val"]
         assert all(math.isfinite(r["loss"]) and math.isfinite(r["task"]) for r in rows)
