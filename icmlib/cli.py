@@ -468,7 +468,10 @@ def _evaluate_command(args, preset) -> str:
 
 def _cmd_reproduce(args) -> int:
     preset = _preset_from(args)
+    from icmlib.codec.pretrained import ModelError
+    from icmlib.data.coco2017 import DatasetNotFoundError
     from icmlib.evaluation import ReproductionError, reproduce
+    from icmlib.tasks.networks import PretrainedWeightsUnavailable
 
     command = (f"icm reproduce --preset {preset.name}" + (f" --out {args.out}" if args.out else "")
                + (" --retrain" if args.retrain else ""))
@@ -476,7 +479,8 @@ def _cmd_reproduce(args) -> int:
         reproduce(preset, args.out, progress=not args.quiet, command=command,
                   force_evaluation=args.force_evaluation, retrain=args.retrain,
                   workers=args.workers)
-    except ReproductionError as e:
+    except (ReproductionError, ModelError, PretrainedWeightsUnavailable,
+            DatasetNotFoundError) as e:  # what is missing offline: one line, no traceback
         raise CLIError(str(e)) from None
     return 0
 

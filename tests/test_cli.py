@@ -262,3 +262,17 @@ def test_console_script_runs(files):
     result = subprocess.run([sys.executable, "-m", "icmlib.cli", "info", str(files / "s.icm")],
                             capture_output=True, text=True)
     assert result.returncode == 0 and "model fingerprint" in result.stdout
+
+
+def test_reproduce_says_in_one_line_what_is_missing_offline(monkeypatch, capsys, tmp_path):
+    """A paper-scale run without its downloads: the message of what to download, no traceback."""
+    from icmlib.evaluation import accuracy
+    from icmlib.tasks.networks import PretrainedWeightsUnavailable
+
+    def offline(*args, **kwargs):
+        raise PretrainedWeightsUnavailable("download X and put it at Y")
+
+    monkeypatch.setattr(accuracy, "task_networks", offline)
+    assert main(["reproduce", "--preset", "ci", "--out", str(tmp_path), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "download X and put it at Y" in err and "Traceback" not in err

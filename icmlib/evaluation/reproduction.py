@@ -54,8 +54,9 @@ again with the same recipe. The recipe (:func:`icmlib.training.recipe.codec_pare
   the rate points taking turns; otherwise the MSE codecs at the other rate points start
   from the base codec and every ICM codec from the MSE codec of its rate point.
 
-``codec_base_rate = -1`` (the ``gpu`` preset) trains every MSE codec from scratch
-instead. Every codec is a train-or-load step keyed by its whole configuration (its
+On a preset with ``codec_zoo`` (``gpu``) each MSE codec is CompressAI's pretrained zoo
+codec trained with that rate point's λ (:mod:`icmlib.training.zoo`), and every ICM codec
+is fine-tuned from it. Every codec is a train-or-load step keyed by its whole configuration (its
 parent's included) and shared with the book's chapters, and every evaluation is cached
 keyed by the codec's weights, the settings, the images and the task networks -- so a
 second run, or a run after an interruption, redoes nothing that is done (an interrupted
@@ -78,7 +79,7 @@ from icmlib.presets import Preset, get_preset
 #: the preset fields that decide what the reproduction trains (recorded in results.json)
 BUDGET_FIELDS = ("rd_lambdas", "low_rd_lambdas", "codec_steps", "codec_base_rate",
                  "codec_finetune_steps", "icm_steps", "icm_val_every", "icm_task_weight",
-                 "icm_mse_weight", "lr")
+                 "icm_mse_weight", "lr", "codec_zoo", "codec_transforms")
 
 
 class ReproductionError(RuntimeError):
