@@ -64,7 +64,8 @@ def test_budget_fields_in_presets():
         p = get_preset(name)
         assert len(p.rd_lambdas) >= 4  # at least 4 rate points per codec
         assert -1 <= p.codec_base_rate < len(p.rd_lambdas)
-        assert set(p.repro_strategies) >= {"fixed", "dynamic"}
+        # the paper's dynamic weighting everywhere; gpu runs only it (8 ICM codecs, not 16)
+        assert set(p.repro_strategies) >= ({"dynamic"} if name == "gpu" else {"fixed", "dynamic"})
     assert get_preset("ci").icm_steps < get_preset("cpu").icm_steps
 
 
