@@ -243,6 +243,8 @@ def reproduce(preset: Union[Preset, str, None] = None, out: Union[str, Path, Non
 
     from icmlib.shipped import RETRAIN_ENV
 
+    if workers is not None and workers < 1:  # before hours of training, not after
+        raise ReproductionError(f"workers must be at least 1, got {workers}")
     before = os.environ.get(RETRAIN_ENV)
     if retrain:
         os.environ[RETRAIN_ENV] = "1"
@@ -298,8 +300,6 @@ def _reproduce(preset, out, progress, command, force_evaluation, workers) -> Dic
     # 3. evaluation -------------------------------------------------------------------------
     t0 = time.time()
     workers = jobs.default_workers(preset) if workers is None else workers
-    if workers < 1:
-        raise ReproductionError(f"workers must be at least 1, got {workers}")
     # reported numbers come from the test split, which chose nothing (0: all of it)
     dataset = accuracy.subset(dataset_for(preset, split="test"), preset.repro_eval_images or None)
     ref_key = evaluate.evaluation_key({"reference": True}, dataset, networks, [])
