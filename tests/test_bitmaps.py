@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from icmlib.evaluation.bitmaps import bit_map, block_coverage, object_bit_share, object_mask, plot_bit_maps
+from icmlib.evaluation.bitmaps import (bit_map, block_coverage, object_bit_share, object_mask,
+                                       object_share_if_bits_followed_objects, plot_bit_maps)
 from icmlib.codec import ICMCodec
 
 
@@ -48,6 +49,15 @@ def test_bit_map_of_a_real_codec_any_size_and_coverage():
     assert float(object_mask({"masks": torch.zeros(0, 8, 8)}, 8, 8).sum()) == 0.0
     with pytest.raises(ValueError):
         object_bit_share(net, [], 0)
+
+
+def test_share_if_bits_followed_objects_is_below_one_for_objects_off_the_block_grid():
+    assert object_share_if_bits_followed_objects(_world()) == pytest.approx(1.0)  # whole blocks
+    image, masks = torch.zeros(3, 32, 32), torch.zeros(1, 32, 32)
+    masks[0, 8:24, 0:16] = 1  # half of block (0, 0) and half of block (1, 0)
+    assert object_share_if_bits_followed_objects([(image, {"masks": masks})]) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        object_share_if_bits_followed_objects([])
 
 
 def test_plot_bit_maps_draws_one_row_per_image():

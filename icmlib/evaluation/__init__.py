@@ -30,7 +30,8 @@ from icmlib.evaluation.anchors import (ANCHORS, AV1, AVIF, HEVC, JPEG, JPEG2000,
                                        rd_points, to_pil)
 from icmlib.evaluation.bdrate import (BDRateError, BDRateWarning, bd_map, bd_psnr, bd_quality,
                                       bd_rate, bd_rate_pairs, frontier)
-from icmlib.evaluation.bitmaps import bit_map, object_bit_share, plot_bit_maps
+from icmlib.evaluation.bitmaps import (bit_map, object_bit_share,
+                                       object_share_if_bits_followed_objects, plot_bit_maps)
 from icmlib.evaluation.evaluate import (CodedImages, cached_evaluation, codec_settings,
                                         evaluate_codec, evaluate_point, evaluation_key,
                                         learned_codec, pil_to_tensor, tensor_to_pil)
@@ -88,7 +89,8 @@ __all__ = [
     "summary_markdown", "write_outputs",
     # figures
     "plot_rd_curves", "plot_bd_illustration", "plot_weighting_comparison",
-    "plot_training_logs", "bit_map", "object_bit_share", "plot_bit_maps", "plot_object_shares",
+    "plot_training_logs", "bit_map", "object_bit_share",
+    "object_share_if_bits_followed_objects", "plot_bit_maps", "plot_object_shares",
     # the convergence study
     "convergence_rows", "plot_convergence", "write_convergence",
 ]
