@@ -18,14 +18,13 @@ import torch
 
 from icmlib.cache import atomic_save, atomic_write_text, cache_dir, checkpoint_path, config_key
 from icmlib.codec import CHECKPOINT_FORMAT
+from icmlib.codec.model import CDF_BUFFERS
 from icmlib.evaluation import REPRO_TASKS, cpu_model, git_commit
 from icmlib.shipped import (MANIFEST_NAME, map_tensors, entry_name, read_manifest, sha256_of,
                             shipped_dir, shipped_summary)
 from icmlib.tasks import task_config
 from icmlib.training import codec_config, rate_points
 
-#: buffers of CompressAI's entropy models that ``update()`` rebuilds: not shipped
-_CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 #: training-log rows kept per shipped codec (the validation log is kept whole)
 TRAIN_LOG_ROWS = 400
 
@@ -47,7 +46,7 @@ def compact(obj: Any) -> Any:
     obj = dict(obj)
     if _is_codec(obj):
         obj["state_dict"] = {k: v for k, v in obj["state_dict"].items()
-                             if k.rsplit(".", 1)[-1] not in _CDF_BUFFERS}
+                             if k.rsplit(".", 1)[-1] not in CDF_BUFFERS}  # rebuilt by update()
         logs = dict(obj.get("logs") or {})
         train = logs.get("train") or []
         obj["meta"] = dict(obj.get("meta") or {})

@@ -372,3 +372,25 @@ def test_one_thread_restores_the_callers_count_after_an_error():
         return torch.get_num_threads()
 
     assert _at_threads(3, run) == 3
+
+
+def test_a_codec_with_built_tables_loads_a_checkpoint_whose_tables_differ_in_size():
+    """Resuming a run started from another codec failed: CompressAI resizes CDF tables
+    only while they are empty, and the run's tables (built from its parent) had another
+    length than the checkpoint's. The checkpoint's sizes must win."""
+    torch.manual_seed(0)
+    here, there = ICMCodec(N=16, M=24), ICMCodec(N=16, M=24)
+    here.update(force=True)
+    with torch.no_grad():  # wider quantiles: longer CDFs for the factorized prior
+        there.entropy_bottleneck.quantiles.mul_(3.0)
+    there.update(force=True)
+    state = there.state_dict()
+    key = "entropy_bottleneck._quantized_cdf"
+    assert here.state_dict()[key].shape != state[key].shape  # the case of the bug
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        MeanScaleHyperprior.load_state_dict(here, state)  # CompressAI alone
+    here.load_state_dict(state)
+    for name, value in state.items():
+        assert torch.equal(here.state_dict()[name], value), name
+    x = torch.rand(1, 3, 64, 64)
+    assert here.eval().compress(x)["strings"] == there.eval().compress(x)["strings"]

@@ -50,6 +50,9 @@ STRIDE = 64
 #: costs about 5 % more bits than the likelihood estimate at low rates. 512 levels up to 64
 #: (1.25 % apart) bring real bits within about 1 % of the estimate; scales above 64 (rare
 #: at the rates trained here) are coded with 64.
+#: buffers of CompressAI's entropy models that ``update()`` builds from the weights
+CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
 SCALE_TABLE = torch.exp(torch.linspace(math.log(0.11), math.log(64.0), 512))
 
 
@@ -204,6 +207,21 @@ class ICMCodec(MeanScaleHyperprior):
             scale_table = SCALE_TABLE
         return super().update(scale_table=scale_table, force=force,
                                update_quantiles=update_quantiles)
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """CompressAI's load, with the CDF tables taking the checkpoint's sizes.
+
+        CompressAI resizes a CDF buffer only while it is empty. A codec whose tables
+        ``update()`` has built -- one started from another codec, or resumed after a
+        validation -- could then not load a checkpoint whose tables have another length
+        (resuming such a run failed with "size mismatch for ..._quantized_cdf"). The
+        tables are data rebuilt from the weights, so the checkpoint's sizes win."""
+        for name, module in self.named_modules():
+            for buffer_name, buffer in module.named_buffers(recurse=False):
+                key = f"{name}.{buffer_name}" if name else buffer_name
+                if buffer_name in CDF_BUFFERS and key in state_dict:
+                    buffer.resize_(state_dict[key].size())
+        return super().load_state_dict(state_dict, strict=strict)
 
     @classmethod
     def from_preset(cls, preset, rates: int = 0) -> "ICMCodec":
