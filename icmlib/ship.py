@@ -23,7 +23,7 @@ from icmlib.evaluation import REPRO_TASKS, cpu_model, git_commit
 from icmlib.shipped import (MANIFEST_NAME, map_tensors, entry_name, read_manifest, sha256_of,
                             shipped_dir, shipped_summary)
 from icmlib.tasks import task_config
-from icmlib.training import codec_config, rate_points
+from icmlib.training import codec_config, has_rate, rate_points
 
 #: training-log rows kept per shipped codec (the validation log is kept whole)
 TRAIN_LOG_ROWS = 400
@@ -100,7 +100,8 @@ def reproduction_checkpoints(preset) -> list:
     rates = sorted({rate for rate, _, _ in rate_points(preset)}, key=str)
     codecs = [(None, "mse")] + [(t, s) for t in REPRO_TASKS for s in preset.repro_strategies]
     for task, strategy in codecs:
-        items += [("codec", codec_config(preset, task, strategy, r)) for r in rates]
+        items += [("codec", codec_config(preset, task, strategy, r)) for r in rates
+                  if has_rate(task, r)]
     return items
 
 

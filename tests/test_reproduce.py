@@ -121,6 +121,10 @@ def test_reproduce_ci_end_to_end(tmp_path, monkeypatch, capsys):
             assert all(0 <= p["object_bit_share"] <= 1 and 0 < p["object_area_share"] < 1
                        for p in c["points"])
     assert "Where the bits go" in summary and "×MSE" in summary
+    # the yardstick: a codec spending only on objects, between their area and 100 %
+    followed = results["extra"]["object_share_if_bits_followed_objects"]
+    area = results["codecs"][0]["points"][0]["object_area_share"]
+    assert area < followed <= 1 and f"{followed:.0%} of them inside objects" in summary
     assert results["dataset"]["split"] == "test"
     md = (out / "bd_rate.md").read_text()
     assert "detection: ICM dynamic (detection)" in md and "instance: ICM fixed (instance)" in md
@@ -152,22 +156,29 @@ def test_reproduce_variable_rate_codecs(tmp_path):
     rate point; the weighting runs are split per rate; retrain ignores a shipped set."""
     p = get_preset("ci", variable_rate=True, repro_strategies=("dynamic",), codec_steps=6,
                    codec_finetune_steps=4, icm_steps=4, repro_anchors=("jpeg",),
-                   low_rd_lambdas=(0.0005,))
+                   low_rd_lambdas=(0.0005,), mse_low_rd_lambdas=(0.0001,))
     results = evaluation.reproduce(p, tmp_path / "vr", progress=False)
     lambdas = sorted(p.low_rd_lambdas + p.rd_lambdas)
     n_rates = len(lambdas)  # the low-rate codec's point first, then rd_lambdas' codec's
-    for name in (evaluation.mse_name(), evaluation.icm_name("detection", "dynamic")):
+    # the MSE baseline's own lowest point comes first: point numbers are λ's for every codec
+    mse = res.find_codec(results, evaluation.mse_name())
+    assert [pt["setting"] for pt in mse["points"]] == list(range(n_rates + 1))
+    assert mse["lambdas"] == [0.0001] + lambdas
+    for name in (evaluation.icm_name("detection", "dynamic"),
+                 evaluation.icm_name("instance", "dynamic")):
         codec = res.find_codec(results, name)
-        assert [pt["setting"] for pt in codec["points"]] == list(range(n_rates))
+        assert [pt["setting"] for pt in codec["points"]] == list(range(1, n_rates + 1))
         assert codec["lambdas"] == lambdas
         bpps = [pt["bpp"] for pt in codec["points"]]
         # the gains give each of a codec's rate points its own rate (the low codec's one
         # point may tie with the other codec's lowest, both at the floor of a 6-step codec)
         assert len(set(bpps[1:])) == n_rates - 1 and bpps[0] <= min(bpps[1:])
     runs = results["extra"]["training"]
-    assert len(runs) == 2 * n_rates and {r["rate_index"] for r in runs} == set(range(n_rates))
-    assert all(len(r["val"]) == 1 and r["lambda"] == lambdas[r["rate_index"]] for r in runs)
+    assert len(runs) == 2 * n_rates and {r["rate_index"] for r in runs} == set(range(1, n_rates + 1))
+    assert all(len(r["val"]) == 1 and r["lambda"] == mse["lambdas"][r["rate_index"]] for r in runs)
     assert list(results["extra"]["budget"]["low_rd_lambdas"]) == [0.0005]
+    assert list(results["extra"]["budget"]["mse_low_rd_lambdas"]) == [0.0001]
+    assert (tmp_path / "vr" / "bitmaps.png").is_file()  # at a point every codec has
     assert "retraining everything" in rp.retrain_estimate()
 
 

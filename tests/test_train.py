@@ -295,6 +295,33 @@ def test_low_rate_codec_recipe():
         rate_points(p.replace(low_rd_lambdas=(p.rd_lambdas[0],)))
 
 
+def test_the_mse_baselines_own_lowest_rates():
+    """mse_low_rd_lambdas: lower points for the MSE baseline only, one variable-rate MSE
+    codec from MSE-low with the whole fine-tuning budget; no ICM codec has them, and no
+    existing key changes."""
+    from icmlib.ship import reproduction_checkpoints
+    from icmlib.training import MSE_LOW_RATES, codec_config, has_rate, rate_points, resolve_rate
+
+    low = ci(variable_rate=True, codec_finetune_steps=8, icm_steps=12, codec_base_rate=1,
+             low_rd_lambdas=(0.0005, 0.001))
+    both = low.replace(mse_low_rd_lambdas=(0.0001,))
+    with pytest.raises(ValueError, match="no lowest rate points"):
+        resolve_rate(low, MSE_LOW_RATES)
+    lowest = codec_config(both, None, "mse", MSE_LOW_RATES)
+    assert lowest["init_from"] == codec_config(low, None, "mse", "low")
+    assert lowest["steps"] == 8 and lowest["lambda"] == [0.0001]
+    for task, strategy, rate in [(None, "mse", "low"), (None, "mse", 0),
+                                 ("detection", "fixed", "low"), ("instance", "dynamic", 2)]:
+        assert codec_config(both, task, strategy, rate) == codec_config(low, task, strategy, rate)
+    with pytest.raises(ValueError, match="MSE baseline only"):
+        codec_config(both, "detection", "fixed", MSE_LOW_RATES)
+    assert rate_points(both) == [(MSE_LOW_RATES, 0, 0.0001)] + rate_points(low)
+    assert has_rate(None, MSE_LOW_RATES) and not has_rate("detection", MSE_LOW_RATES)
+    assert has_rate("detection", "low") and has_rate("detection", "all")
+    added = [c for c in reproduction_checkpoints(both) if c not in reproduction_checkpoints(low)]
+    assert added == [("codec", lowest)]
+
+
 def test_cli_train_and_errors(tmp_path, capsys):
     from icmlib.cli import main
 

@@ -26,6 +26,8 @@ from icmlib.codec import STRIDE, pad, padding_for
 
 #: pixels per latent position of the main stream (y is 1/16 of the image)
 LATENT_STRIDE = 16
+#: the key in a results file's ``extra`` of :func:`object_share_if_bits_followed_objects`
+FOLLOWED_OBJECTS = "object_share_if_bits_followed_objects"
 
 
 @torch.no_grad()

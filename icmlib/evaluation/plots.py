@@ -82,11 +82,14 @@ def plot_rd_curves(results, metric="bbox_map", ax=None, codecs=None, task=None,
 def plot_object_shares(results, ax=None, legend=True):
     """Where the bits go, against rate: each learned codec's share of main-stream bits
     inside the objects (``object_bit_share`` of its points) over bpp, and the objects'
-    share of the image as a dotted line -- what a codec blind to content would spend.
+    share of the image as a dotted line -- what a codec blind to content would spend --
+    and, dashed, what a codec spending only on objects would (``extra`` of the results,
+    :func:`icmlib.evaluation.bitmaps.object_share_if_bits_followed_objects`).
     Codecs are compared at equal bpp, reading vertically: the share rises as the rate
     falls for every codec (:func:`icmlib.evaluation.summary.object_share_table`)."""
     import matplotlib.pyplot as plt
 
+    from icmlib.evaluation.bitmaps import FOLLOWED_OBJECTS
     from icmlib.evaluation.results import load_results
 
     results = load_results(results)
@@ -104,6 +107,10 @@ def plot_object_shares(results, ax=None, legend=True):
     if areas:
         ax.axhline(float(sum(areas) / len(areas)), color="black", linestyle=":", linewidth=1.2,
                    label="objects' share of the image")
+    followed = results.get("extra", {}).get(FOLLOWED_OBJECTS)
+    if areas and followed is not None:
+        ax.axhline(float(followed), color="black", linestyle="--", linewidth=1.0,
+                   label="bits only where objects are")
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel (real bytes, log scale)")
     ax.set_ylabel("share of bits inside objects")

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from icmlib.evaluation import plots
-from icmlib.evaluation.bitmaps import plot_bit_maps
+from icmlib.evaluation.bitmaps import FOLLOWED_OBJECTS, plot_bit_maps
 from icmlib.evaluation.results import REPRO_TASKS, TASK_METRIC, describe_device, mse_name
 from icmlib.evaluation.summary import object_share_table, paper_table, summarize
 from icmlib.evaluation.tables import dataframe_to_markdown, overhead_table
@@ -93,7 +93,8 @@ def summary_markdown(results: Dict[str, Any]) -> str:
                   f"at the same rate point (the same λ); ×MSE at equal bpp: over the MSE "
                   f"baseline's share interpolated at the same bpp (— outside its range of "
                   f"rates). The share grows as the rate falls, for every codec: only the "
-                  f"second ratio compares codecs that spend the same number of bits.", "",
+                  f"second ratio compares codecs that spend the same number of bits."
+                  + _followed_objects(results), "",
                   "| codec | rate point | bpp | bits inside objects | ×MSE | ×MSE at equal bpp |",
                   "|---|---|---|---|---|---|"]
         lines += [_share_row(r) for r in shares] + [""]
@@ -139,6 +140,15 @@ def _formatted(table):
         fmt = "{:.1%}" if col == "not counted" else ("{:.3f}" if "bpp" in col else "{:.0f}")
         text[col] = ["" if v != v else fmt.format(v) for v in table[col]]
     return text
+
+
+def _followed_objects(results: Dict[str, Any]) -> str:
+    share = results["extra"].get(FOLLOWED_OBJECTS)
+    if share is None:
+        return ""
+    return (f" A codec whose bits in each 16×16 block followed the objects' coverage would "
+            f"spend {share:.0%} of them inside objects (the yardstick of "
+            f"`object_share_if_bits_followed_objects`).")
 
 
 def _share_row(r: Dict[str, Any]) -> str:
@@ -210,13 +220,19 @@ def write_outputs(results: Dict[str, Any], out: Union[str, Path]) -> Dict[str, P
 
 
 def write_bit_maps(learned: Dict[str, Dict[int, Any]], dataset, path: Path,
-                   rate_index: int = 1, images: Sequence[int] = (0, 1, 2)) -> Optional[Path]:
+                   rate_index: Optional[int] = None,
+                   images: Sequence[int] = (0, 1, 2)) -> Optional[Path]:
     """``bitmaps.png``: the MSE baseline's and the ICM codecs' (dynamic weighting) bit maps
-    on the same test images, at one rate point."""
+    on the same test images, at one rate point (default: the second lowest they all have;
+    the MSE baseline's own lowest points have no ICM codec to compare with)."""
     from matplotlib.figure import Figure
 
-    chosen = {name: by_rate[rate_index] for name, by_rate in learned.items()
-              if rate_index in by_rate and (name == mse_name() or "dynamic" in name)}
+    shown = {name: by_rate for name, by_rate in learned.items()
+             if name == mse_name() or "dynamic" in name}
+    if rate_index is None:
+        common = sorted(set.intersection(*(set(r) for r in shown.values()))) if shown else []
+        rate_index = common[min(1, len(common) - 1)] if common else -1
+    chosen = {name: by_rate[rate_index] for name, by_rate in shown.items() if rate_index in by_rate}
     if len(chosen) < 2:
         return None
     images = [i for i in images if i < len(dataset)]

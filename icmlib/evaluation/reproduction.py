@@ -72,14 +72,15 @@ import numpy as np
 
 from icmlib.evaluation import accuracy, evaluate, jobs, report, summary
 from icmlib.evaluation.anchors import ANCHORS, AnchorUnavailable, make_anchor
+from icmlib.evaluation.bitmaps import FOLLOWED_OBJECTS, object_share_if_bits_followed_objects
 from icmlib.evaluation.results import (REPRO_TASKS, describe_device, icm_name, load_results,
                                        mse_name, new_results, save_results)
 from icmlib.presets import Preset, get_preset
 
 #: the preset fields that decide what the reproduction trains (recorded in results.json)
-BUDGET_FIELDS = ("rd_lambdas", "low_rd_lambdas", "codec_steps", "codec_base_rate",
-                 "codec_finetune_steps", "icm_steps", "icm_val_every", "icm_task_weight",
-                 "icm_mse_weight", "lr", "codec_zoo", "codec_transforms")
+BUDGET_FIELDS = ("rd_lambdas", "low_rd_lambdas", "mse_low_rd_lambdas", "codec_steps",
+                 "codec_base_rate", "codec_finetune_steps", "icm_steps", "icm_val_every",
+                 "icm_task_weight", "icm_mse_weight", "lr", "codec_zoo", "codec_transforms")
 
 
 class ReproductionError(RuntimeError):
@@ -108,12 +109,16 @@ def train_codecs(preset: Union[Preset, str, None] = None, tasks: Sequence[str] =
 def _by_rate(preset: Preset, task, strategy, progress) -> Dict[int, Dict[str, Any]]:
     """``{rate point: checkpoint dict}``, rate points numbered by λ, lowest first
     (:func:`~icmlib.training.recipe.rate_points`); a variable-rate codec's checkpoint
-    serves each of its points (:func:`rate_in_checkpoint` says which of its rates)."""
-    from icmlib.training import codec_run, rate_points
+    serves each of its points (:func:`rate_in_checkpoint` says which of its rates). The
+    MSE baseline's own lowest points are left out of an ICM codec's, so a point's number
+    is its λ's for every codec."""
+    from icmlib.training import codec_run, has_rate, rate_points
 
     ckpts: Dict[Any, Dict[str, Any]] = {}
     out = {}
     for point, (codec_rate, _, _) in enumerate(rate_points(preset)):
+        if not has_rate(task, codec_rate):
+            continue
         if codec_rate not in ckpts:
             ckpts[codec_rate] = codec_run(preset, task, strategy, codec_rate, progress=progress)
         out[point] = ckpts[codec_rate]
@@ -314,6 +319,7 @@ def _reproduce(preset, out, progress, command, force_evaluation, workers) -> Dic
                           tasks=REPRO_TASKS, reference=reference, command=command,
                           codecs=entries)
     _add_extra(results, preset, ckpts, skipped)
+    results["extra"][FOLLOWED_OBJECTS] = object_share_if_bits_followed_objects(dataset)
     timings["total_s"] = time.time() - t_start
     results["extra"]["timings"] = timings
     results["extra"]["evaluation_workers"] = workers

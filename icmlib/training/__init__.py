@@ -16,9 +16,9 @@ validation, and the loss-weighting strategies that make a codec an ICM codec.
 from icmlib.engine import TrainingDiverged, read_log
 from icmlib.training.codec import (CHECKPOINT_NAME, CODEC_NAME, TRAIN_LOG, VAL_LOG,
                                    CodecTraining, train_codec)
-from icmlib.training.recipe import (ALL_RATES, LOW_RATES, TRAIN_VERSION, codec_config,
-                                    codec_parent, default_steps, rate_points, recipe_rate,
-                                    resolve_rate)
+from icmlib.training.recipe import (ALL_RATES, LOW_RATES, MSE_LOW_RATES, TRAIN_VERSION,
+                                    codec_config, codec_parent, default_steps, has_rate,
+                                    rate_points, recipe_rate, resolve_rate)
 from icmlib.training.own import train_icm_codec
 from icmlib.training.zoo import zoo_codec_config, zoo_mse_checkpoint, zoo_quality_for
 from icmlib.training.run import codec_at_rate, codec_for, codec_run, logs_at_rate
@@ -32,7 +32,7 @@ __all__ = [
     # train-or-load by the recipe
     "codec_for", "codec_run", "codec_at_rate", "logs_at_rate",
     "codec_config", "codec_parent", "default_steps", "recipe_rate", "resolve_rate",
-    "rate_points", "ALL_RATES", "LOW_RATES", "TRAIN_VERSION",
+    "rate_points", "has_rate", "ALL_RATES", "LOW_RATES", "MSE_LOW_RATES", "TRAIN_VERSION",
     # the MSE codec from CompressAI's zoo (codec_zoo presets: gpu)
     "zoo_quality_for", "zoo_codec_config", "zoo_mse_checkpoint",
     # one training run
