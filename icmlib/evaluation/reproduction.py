@@ -382,8 +382,10 @@ def _learned_jobs(ckpts, preset, dataset, networks):
                    "task": task, "strategy": strategy,
                    "lambdas": [point_lambdas(preset)[r] for r in rates],
                    "steps": [by_rate[r].get("meta", {}).get("steps") for r in rates]}
-        out.append(jobs.Job(name, key, evaluate.learned_codec(nets, name, preset), rates,
-                            tuple(tasks), options, bit_share_nets=dict(zip(rates, nets))))
+        # settings are the rate points' numbers: an ICM codec's may not start at 0
+        by_point = dict(zip(rates, nets))
+        out.append(jobs.Job(name, key, evaluate.learned_codec(by_point, name, preset), rates,
+                            tuple(tasks), options, bit_share_nets=by_point))
         learned_nets[name] = dict(zip(rates, nets))
     return out, learned_nets
 
