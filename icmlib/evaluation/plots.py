@@ -85,8 +85,8 @@ def plot_object_shares(results, ax=None, legend=True):
     share of the image as a dotted line -- what a codec blind to content would spend --
     and, dashed, what a codec spending only on objects would (``extra`` of the results,
     :func:`icmlib.evaluation.bitmaps.object_share_if_bits_followed_objects`).
-    Codecs are compared at equal bpp, reading vertically: the share rises as the rate
-    falls for every codec (:func:`icmlib.evaluation.summary.object_share_table`)."""
+    Codecs are compared at equal bpp, reading vertically: a codec's share depends on its
+    rate (:func:`icmlib.evaluation.summary.object_share_table`)."""
     import matplotlib.pyplot as plt
 
     from icmlib.evaluation.bitmaps import FOLLOWED_OBJECTS

@@ -92,8 +92,9 @@ def summary_markdown(results: Dict[str, Any]) -> str:
                   f"{area:.0%} of the test images). ×MSE: that share over the MSE baseline's "
                   f"at the same rate point (the same λ); ×MSE at equal bpp: over the MSE "
                   f"baseline's share interpolated at the same bpp (— outside its range of "
-                  f"rates). The share grows as the rate falls, for every codec: only the "
-                  f"second ratio compares codecs that spend the same number of bits."
+                  f"rates). A codec's share depends on its rate, and an ICM codec codes at "
+                  f"fewer bits than the MSE baseline at the same λ: only the second ratio "
+                  f"compares codecs that spend the same number of bits."
                   + _followed_objects(results), "",
                   "| codec | rate point | bpp | bits inside objects | ×MSE | ×MSE at equal bpp |",
                   "|---|---|---|---|---|---|"]

@@ -29,10 +29,10 @@ def object_share_table(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     same bpp (``vs_mse_equal_bpp``: the MSE baseline's share interpolated at this point's
     bpp, None outside the baseline's range of rates).
 
-    The two differ because the share depends on the rate: at a low rate the flat
-    background is nearly free, so even the MSE baseline spends more of its few bits on the
-    objects' edges. An ICM codec at the same λ codes at a lower rate than the baseline, so
-    only the equal-bpp ratio compares codecs spending the same budget."""
+    The two differ because the share depends on the rate (on the cpu world the ICM codecs'
+    share rises as their rate falls; the MSE baseline's peaks and falls again at its lowest
+    rates), and an ICM codec at the same λ codes at a lower rate than the baseline: only
+    the equal-bpp ratio compares codecs spending the same budget."""
     mse = next((c["points"] for c in results["codecs"] if c.get("group") == "mse"), [])
     by_setting = {p["setting"]: p for p in mse}
     rows = []
