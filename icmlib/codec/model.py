@@ -45,14 +45,14 @@ from icmlib.shipped import register_expander
 #: y is 1/16 of the image; z is 1/4 of y. Inputs are padded to a multiple of this.
 STRIDE = 64
 
+#: buffers of CompressAI's entropy models that ``update()`` builds from the weights
+CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
 #: Scales the Gaussian conditional can code with. CompressAI's default has 64 levels from
 #: 0.11 to 256, 13 % apart; every predicted scale is rounded up to the next level, which
 #: costs about 5 % more bits than the likelihood estimate at low rates. 512 levels up to 64
 #: (1.25 % apart) bring real bits within about 1 % of the estimate; scales above 64 (rare
 #: at the rates trained here) are coded with 64.
-#: buffers of CompressAI's entropy models that ``update()`` builds from the weights
-CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
-
 SCALE_TABLE = torch.exp(torch.linspace(math.log(0.11), math.log(64.0), 512))
 
 
