@@ -20,8 +20,8 @@ between steps 1000 and 2000, and λ = 0.00002 coded at more bits than λ = 0.000
 recipe starts from the low-rate MSE codec instead, the nearest in rate.)
 
 For each codec and rate point: real bpp, box mAP, PSNR, the object bit share and its
-ratio to the MSE baseline's share at the same bpp (the baseline's six points, both of
-its variable-rate codecs). Run from the repository root with the book's cache:
+ratio to the MSE baseline's share at the same bpp (the baseline's eight points, all three
+of its variable-rate codecs; the λ tried below 0.00005 are in ``icmlib.presets``). Run from the repository root with the book's cache:
 
     ICM_CACHE=.cache/book python benchmarks/object_share_study.py
 
