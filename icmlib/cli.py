@@ -65,14 +65,11 @@ def _add_codec_commands(sub) -> None:
 def _codec_for_cli(model):
     """``--model``'s codec; a zoo codec's weights are downloaded once, unless
     ``$ICM_OFFLINE`` is set (then a missing file is named, with where to put it)."""
-    import os
-
     from icmlib.codec import ModelError, resolve_codec
-    from icmlib.data import hub_checkpoint
+    from icmlib.data import hub_download
 
-    offline = os.environ.get("ICM_OFFLINE", "") not in ("", "0")
     try:
-        return resolve_codec(model, download=None if offline else hub_checkpoint)
+        return resolve_codec(model, download=hub_download())
     except ModelError as e:
         raise CLIError(str(e)) from None
 

@@ -257,3 +257,15 @@ def test_download_coco_offline_says_what_to_download_and_where(offline_url, tmp_
     assert not list(tmp_path.glob("*.part")), "no half-downloaded file is left behind"
     with pytest.raises(ValueError, match="split"):
         download_coco(tmp_path, "test2015")
+
+
+def test_icm_offline_turns_every_download_off(monkeypatch):
+    """One switch for every loader of pretrained weights (the CLI's --model, the zoo
+    anchors, the gpu preset's zoo codec): set and not 0 means no download."""
+    from icmlib.data.download import downloads_off, hub_checkpoint, hub_download
+
+    monkeypatch.delenv("ICM_OFFLINE", raising=False)
+    assert not downloads_off() and hub_download() is hub_checkpoint
+    for value, off in (("", False), ("0", False), ("1", True), ("yes", True)):
+        monkeypatch.setenv("ICM_OFFLINE", value)
+        assert downloads_off() is off and (hub_download() is None) is off

@@ -16,7 +16,8 @@ from icmlib.data.coco2017 import (COCO_CHECKSUMS, COCO_ROOT_ENV, COCO_URLS, Data
                                   coco_root, download_coco)
 from icmlib.data.datasets import dataset_for
 from icmlib.data.standin import STANDIN_SPLITS, export_coco_layout
-from icmlib.data.download import ChecksumError, DownloadError, download_file, hub_checkpoint
+from icmlib.data.download import (OFFLINE_ENV, ChecksumError, DownloadError, download_file,
+                                  downloads_off, hub_checkpoint, hub_download)
 from icmlib.data.images import load_image, save_image
 from icmlib.data.viz import annotation_grid, blur_background, draw_annotations
 from icmlib.data.world import (CATEGORIES, NUM_CLASSES, SYNTHETIC_SPLITS, WORLD_GENERATOR,
@@ -30,7 +31,8 @@ __all__ = [
     "CocoDataset", "dataset_for", "collate", "stack_images",
     # COCO 2017 and downloads
     "COCO_URLS", "COCO_CHECKSUMS", "COCO_ROOT_ENV", "DatasetNotFoundError", "coco_root",
-    "download_coco", "download_file", "hub_checkpoint", "DownloadError", "ChecksumError",
+    "download_coco", "download_file", "hub_checkpoint", "hub_download", "downloads_off",
+    "OFFLINE_ENV", "DownloadError", "ChecksumError",
     "export_coco_layout", "STANDIN_SPLITS",
     # image files and pictures
     "load_image", "save_image", "blur_background", "draw_annotations", "annotation_grid",

@@ -29,6 +29,9 @@ import torch
 
 PathLike = Union[str, os.PathLike]
 
+#: set to 1 and nothing is downloaded: a missing file is named, with where to put it
+OFFLINE_ENV = "ICM_OFFLINE"
+
 #: seconds each network operation (connecting, each read) may take
 TIMEOUT = 60
 #: how many times one call resumes a transfer that broke off (each try must bring bytes)
@@ -195,6 +198,17 @@ def download_file(url: str, dest: PathLike, *, size: Optional[int] = None,
     _verify(part, url, size if size is not None else total, sha256, md5)
     os.replace(part, dest)
     return dest
+
+
+def downloads_off() -> bool:
+    """Whether ``$ICM_OFFLINE`` forbids downloads (set, and not ``0``)."""
+    return os.environ.get(OFFLINE_ENV, "") not in ("", "0")
+
+
+def hub_download():
+    """:func:`hub_checkpoint`, or ``None`` when downloads are off (:func:`downloads_off`):
+    the ``download`` argument of the loaders that fetch pretrained weights."""
+    return None if downloads_off() else hub_checkpoint
 
 
 def hub_checkpoint(url: str) -> Path:

@@ -24,14 +24,13 @@ import os
 from typing import Any, Dict
 
 from icmlib.codec import ICMCodec, ModelError, codec_checkpoint
+from icmlib.data.download import OFFLINE_ENV, hub_download
 from icmlib.codec.zoo import (ZOO_TRAINING, zoo_architecture, zoo_as_icm_codec,
                               zoo_codec, zoo_quality, zoo_weights)
 from icmlib.presets import Preset
 
 __all__ = ["zoo_quality_for", "zoo_codec_config", "zoo_mse_checkpoint", "OFFLINE_ENV"]
 
-#: set to 1 and nothing is downloaded: a missing file is named, with where to put it
-OFFLINE_ENV = "ICM_OFFLINE"
 #: the zoo models whose transforms an ICMCodec has (transforms="gdn")
 _FINE_TUNABLE = ("mbt2018-mean",)
 
@@ -75,15 +74,6 @@ def zoo_codec_config(preset: Preset, rate_index, lmbda: float, version: str) -> 
             "codec_channels": preset.codec_channels, "latent_channels": preset.latent_channels}
 
 
-def _download():
-    """``hub_checkpoint``, or ``None`` (downloads off) when ``$ICM_OFFLINE`` is set."""
-    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
-        return None
-    from icmlib.data import hub_checkpoint
-
-    return hub_checkpoint
-
-
 def zoo_mse_checkpoint(preset: Preset, config: Dict[str, Any],
                        progress: bool = True) -> Dict[str, Any]:
     """The codec checkpoint dict of the zoo MSE codec that ``config``
@@ -93,7 +83,7 @@ def zoo_mse_checkpoint(preset: Preset, config: Dict[str, Any],
     if progress:
         print(f"[icmlib] the MSE codec at λ={config['lambda']:g} is CompressAI's {name} at "
               f"quality {quality} (trained with that λ on {ZOO_TRAINING}): not trained here")
-    net = zoo_as_icm_codec(zoo_codec(f"zoo:{name}:{quality}", download=_download()))
+    net = zoo_as_icm_codec(zoo_codec(f"zoo:{name}:{quality}", download=hub_download()))
     expected = ICMCodec.from_preset(preset).config
     if net.config != expected:  # zoo_quality_for checked N, M: a safeguard, not a path
         raise ModelError(f"zoo:{name}:{quality} has architecture {net.config}, the preset "

@@ -25,7 +25,9 @@ def compressai_zoo(name: str, quality: int, metric: str = "mse", offline: Option
     from compressai import zoo
     url, cached = zoo_weights(name, quality, metric)
     if offline is None:
-        offline = os.environ.get("ICM_OFFLINE", "") not in ("", "0")
+        from icmlib.data.download import downloads_off
+
+        offline = downloads_off()
     if not os.path.isfile(cached) and offline:
         raise AnchorUnavailable(
             f"CompressAI weights for {name} (quality {quality}, {metric}) are not cached and "
