@@ -77,6 +77,14 @@ class Preset:
     # fewer bits than the MSE codec of its λ, so without them "at equal bpp" could compare
     # only the ICM codecs' highest rates with the baseline. No ICM codec has them.
     mse_low_rd_lambdas: Tuple[float, ...] = ()
+    # The MSE baseline a reproduction reports (icmlib.training.baseline_run): each MSE codec
+    # above, fine-tuned for mse_finish_steps on the ICM codecs' crops (icm_crop_size,
+    # icm_batch_size), so that the baseline and the ICM codecs it is compared with end their
+    # training on the same images. A codec trained only on crops one hyperprior position
+    # wide (crop_size = 64 = STRIDE) never sees a wider ẑ and codes whole images at up to
+    # 3× the bits of their quarters. 0: the baseline is the MSE codec itself. The ICM
+    # codecs still start from the MSE codecs above (their keys do not change).
+    mse_finish_steps: int = 0
 
     # --- task networks ---------------------------------------------------------------
     task_pretrained: bool = False       # True: torchvision COCO weights (downloads)
@@ -218,7 +226,7 @@ PRESETS = {
         # λ = 0.0001 beside it (0.120/0.060/0.052), its PSNR falling to 16.4 dB. About
         # 0.05 bpp is as low as this recipe takes the MSE baseline.
         lr=1e-3, rd_lambdas=(0.0035, 0.0093, 0.025, 0.067), low_rd_lambdas=(0.0005, 0.0013),
-        mse_low_rd_lambdas=(0.00005, 0.0002),
+        mse_low_rd_lambdas=(0.00005, 0.0002), mse_finish_steps=1000,
         codec_steps=20000, codec_base_rate=2, variable_rate=True,
         codec_finetune_steps=4000, icm_steps=3000,
         val_every=1000, icm_val_every=500,

@@ -23,7 +23,7 @@ from icmlib.evaluation import REPRO_TASKS, cpu_model, git_commit
 from icmlib.shipped import (MANIFEST_NAME, map_tensors, entry_name, read_manifest, sha256_of,
                             shipped_dir, shipped_summary)
 from icmlib.tasks import task_config
-from icmlib.training import codec_config, has_rate, rate_points
+from icmlib.training import baseline_config, codec_config, has_rate, rate_points
 
 #: training-log rows kept per shipped codec (the validation log is kept whole)
 TRAIN_LOG_ROWS = 400
@@ -98,10 +98,11 @@ def reproduction_checkpoints(preset) -> list:
     frozen task networks, the MSE baseline and each (task, strategy) ICM codec."""
     items = [(f"task-{t}", task_config(t, preset)) for t in REPRO_TASKS]
     rates = sorted({rate for rate, _, _ in rate_points(preset)}, key=str)
-    codecs = [(None, "mse")] + [(t, s) for t in REPRO_TASKS for s in preset.repro_strategies]
-    for task, strategy in codecs:
-        items += [("codec", codec_config(preset, task, strategy, r)) for r in rates
-                  if has_rate(task, r)]
+    items += [("codec", baseline_config(preset, r)) for r in rates]
+    for task in REPRO_TASKS:
+        for strategy in preset.repro_strategies:
+            items += [("codec", codec_config(preset, task, strategy, r)) for r in rates
+                      if has_rate(task, r)]
     return items
 
 

@@ -79,8 +79,9 @@ from icmlib.presets import Preset, get_preset
 
 #: the preset fields that decide what the reproduction trains (recorded in results.json)
 BUDGET_FIELDS = ("rd_lambdas", "low_rd_lambdas", "mse_low_rd_lambdas", "codec_steps",
-                 "codec_base_rate", "codec_finetune_steps", "icm_steps", "icm_val_every",
-                 "icm_task_weight", "icm_mse_weight", "lr", "codec_zoo", "codec_transforms")
+                 "codec_base_rate", "codec_finetune_steps", "mse_finish_steps", "icm_steps",
+                 "icm_val_every", "icm_task_weight", "icm_mse_weight", "lr", "codec_zoo",
+                 "codec_transforms")
 
 
 class ReproductionError(RuntimeError):
@@ -111,15 +112,20 @@ def _by_rate(preset: Preset, task, strategy, progress) -> Dict[int, Dict[str, An
     (:func:`~icmlib.training.recipe.rate_points`); a variable-rate codec's checkpoint
     serves each of its points (:func:`rate_in_checkpoint` says which of its rates). The
     MSE baseline's own lowest points are left out of an ICM codec's, so a point's number
-    is its λ's for every codec."""
-    from icmlib.training import codec_run, has_rate, rate_points
+    is its λ's for every codec. The MSE baseline is :func:`~icmlib.training.baseline_run`'s
+    (finished on the ICM codecs' crops where the preset says so)."""
+    from icmlib.training import baseline_run, codec_run, has_rate, rate_points
 
     ckpts: Dict[Any, Dict[str, Any]] = {}
     out = {}
     for point, (codec_rate, _, _) in enumerate(rate_points(preset)):
         if not has_rate(task, codec_rate):
             continue
-        if codec_rate not in ckpts:
+        if codec_rate in ckpts:
+            pass
+        elif task is None:
+            ckpts[codec_rate] = baseline_run(preset, codec_rate, progress=progress)
+        else:
             ckpts[codec_rate] = codec_run(preset, task, strategy, codec_rate, progress=progress)
         out[point] = ckpts[codec_rate]
     return out

@@ -17,11 +17,12 @@ from icmlib.engine import TrainingDiverged, read_log
 from icmlib.training.codec import (CHECKPOINT_NAME, CODEC_NAME, TRAIN_LOG, VAL_LOG,
                                    CodecTraining, train_codec)
 from icmlib.training.recipe import (ALL_RATES, LOW_RATES, MSE_LOW_RATES, TRAIN_VERSION,
-                                    codec_config, codec_parent, default_steps, has_rate,
-                                    rate_points, recipe_rate, resolve_rate)
+                                    baseline_config, codec_config, codec_parent,
+                                    default_steps, finishing_preset, has_rate, rate_points,
+                                    recipe_rate, resolve_rate)
 from icmlib.training.own import train_icm_codec
 from icmlib.training.zoo import zoo_codec_config, zoo_mse_checkpoint, zoo_quality_for
-from icmlib.training.run import codec_at_rate, codec_for, codec_run, logs_at_rate
+from icmlib.training.run import baseline_run, codec_at_rate, codec_for, codec_run, logs_at_rate
 from icmlib.training.start import configure_optimizers
 from icmlib.training.validation import validate_codec
 from icmlib.training.weighting import (STRATEGIES, Dynamic, Fixed, Magnitude, PerRate,
@@ -30,8 +31,8 @@ from icmlib.training.weighting import (STRATEGIES, Dynamic, Fixed, Magnitude, Pe
 
 __all__ = [
     # train-or-load by the recipe
-    "codec_for", "codec_run", "codec_at_rate", "logs_at_rate",
-    "codec_config", "codec_parent", "default_steps", "recipe_rate", "resolve_rate",
+    "codec_for", "codec_run", "codec_at_rate", "logs_at_rate", "baseline_run",
+    "baseline_config", "finishing_preset", "codec_config", "codec_parent", "default_steps", "recipe_rate", "resolve_rate",
     "rate_points", "has_rate", "ALL_RATES", "LOW_RATES", "MSE_LOW_RATES", "TRAIN_VERSION",
     # the MSE codec from CompressAI's zoo (codec_zoo presets: gpu)
     "zoo_quality_for", "zoo_codec_config", "zoo_mse_checkpoint",

@@ -35,7 +35,7 @@ MSE_LOW_RATES = "mse-low"
 
 __all__ = ["TRAIN_VERSION", "ALL_RATES", "LOW_RATES", "MSE_LOW_RATES", "resolve_rate",
            "codec_parent", "default_steps", "recipe_rate", "codec_config", "rate_points",
-           "has_rate"]
+           "has_rate", "baseline_config", "finishing_preset"]
 
 Rate = Union[int, float, str]
 
@@ -198,6 +198,35 @@ def _codec_config(preset: Preset, task, strategy, rate_index, steps) -> Dict[str
         cfg["task_network"] = task_config(task, preset)
     if preset.dataset == "synthetic":
         cfg["world_train"] = world_config(preset, "train")
+    return cfg
+
+
+def finishing_preset(preset: Preset) -> Preset:
+    """The preset the MSE baseline's last stage trains with: the ICM codecs' crops and
+    batch size (``preset.mse_finish_steps``; :func:`baseline_config`)."""
+    from icmlib.training.batches import crop_and_batch
+
+    crop, batch_size = crop_and_batch(preset, with_task=True)
+    return preset.replace(crop_size=crop, batch_size=batch_size)
+
+
+def baseline_config(preset: Union[Preset, str, None] = None, rate_index: Rate = 0) -> Dict[str, Any]:
+    """Cache key of the MSE baseline a reproduction reports at ``rate_index``.
+
+    With ``preset.mse_finish_steps`` it is the MSE codec of that rate (:func:`codec_config`)
+    fine-tuned for that many steps on the ICM codecs' crops (:func:`finishing_preset`);
+    without, the MSE codec's own key.
+    """
+    preset = get_preset(preset)
+    rate = recipe_rate(preset, rate_index)
+    parent = _codec_config(preset, None, "mse", rate, None)
+    if not preset.mse_finish_steps:
+        return parent
+    index, lmbda = resolve_rate(preset, rate)
+    cfg = run_config(finishing_preset(preset), None, "mse", index, lmbda,
+                     preset.mse_finish_steps, preset.train_seed, parent, world_size())
+    if "world_train" in parent:
+        cfg["world_train"] = parent["world_train"]
     return cfg
 
 

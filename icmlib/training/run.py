@@ -18,10 +18,11 @@ from icmlib.cache import cache_dir, config_key, train_or_load
 from icmlib.codec import at_rate, load_codec
 from icmlib.presets import Preset, get_preset
 from icmlib.training import codec
-from icmlib.training.recipe import _codec_config, codec_parent, recipe_rate
+from icmlib.training.recipe import (_codec_config, baseline_config, codec_parent,
+                                    finishing_preset, recipe_rate)
 from icmlib.training.zoo import zoo_mse_checkpoint
 
-__all__ = ["codec_run", "codec_for", "codec_at_rate", "logs_at_rate"]
+__all__ = ["codec_run", "codec_for", "codec_at_rate", "logs_at_rate", "baseline_run"]
 
 
 def codec_run(preset: Union[Preset, str, None] = None, task: Optional[str] = None,
@@ -62,6 +63,32 @@ def _codec_run(preset: Preset, task, strategy, rate_index, progress, force, step
                                  command=f"icmlib.training.codec_for(preset={preset.name!r}, "
                                          f"task={task!r}, strategy={strategy!r}, "
                                          f"rate_index={rate_index!r})")
+
+    return train_or_load("codec", cfg, train, force=force, verbose=progress)
+
+
+def baseline_run(preset: Union[Preset, str, None] = None, rate_index: Union[int, float, str] = 0,
+                 *, progress: bool = True, force: bool = False) -> Dict[str, Any]:
+    """Train-or-load the MSE baseline a reproduction reports: ``codec_run``'s MSE codec,
+    fine-tuned for ``preset.mse_finish_steps`` on the ICM codecs' crops (or that codec
+    itself when the preset has no such steps). Its key is
+    :func:`~icmlib.training.recipe.baseline_config`; the ICM codecs start from the MSE
+    codec, not from this one, so their keys do not depend on it."""
+    preset = get_preset(preset)
+    rate = recipe_rate(preset, rate_index)
+    if not preset.mse_finish_steps:
+        return codec_run(preset, None, "mse", rate, progress=progress, force=force)
+    cfg = baseline_config(preset, rate)
+    run_dir = cache_dir("runs", "codec", config_key(cfg))
+
+    def train():
+        parent = codec_run(preset, None, "mse", rate, progress=progress)
+        init = {k: parent[k] for k in ("format", "config", "state_dict", "meta")}
+        return codec.train_codec(finishing_preset(preset), None, "mse", rate,
+                                 steps=preset.mse_finish_steps, out_dir=run_dir,
+                                 resume=not force, progress=progress, init_from=init,
+                                 command=f"icmlib.training.baseline_run(preset={preset.name!r}, "
+                                         f"rate_index={rate!r})")
 
     return train_or_load("codec", cfg, train, force=force, verbose=progress)
 
