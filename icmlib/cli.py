@@ -256,7 +256,9 @@ def _add_train_command(sub) -> None:
                         "Default: mse")
     p.add_argument("--rate", default="0",
                    help="rate point: an index into the preset's rd_lambdas (0 = lowest rate), "
-                        "or the value λ itself (e.g. 0.0067) in L = R + λ·(255²·MSE + ...). "
+                        "or the value λ itself (e.g. 0.0067) in L = R + λ·(255²·MSE + ...); "
+                        "or a variable-rate codec: 'all' (every rd_lambdas point), 'low' "
+                        "(low_rd_lambdas) or 'mse-low' (mse_low_rd_lambdas, MSE only). "
                         "Default: 0")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps (default: the preset's codec_steps for MSE, icm_steps "

@@ -93,6 +93,19 @@ def ship(kind: str, config: Mapping[str, Any], obj: Any, *, command: str, traine
     return entry
 
 
+def unship(kind: str, key: str, *, directory: Optional[Path] = None) -> Optional[Dict[str, Any]]:
+    """Take a checkpoint out of the shipped set (file + manifest entry), e.g. one that only
+    a shipped codec was trained from; returns its entry, or None if it was not shipped."""
+    directory = Path(directory or shipped_dir())
+    doc = read_manifest(directory)
+    entry = doc["entries"].pop(entry_name(kind, key), None)
+    if entry is None:
+        return None
+    atomic_write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", directory / MANIFEST_NAME)
+    (directory / entry["file"]).unlink(missing_ok=True)
+    return entry
+
+
 def reproduction_checkpoints(preset) -> list:
     """``(kind, config)`` of every checkpoint ``icm reproduce`` loads for ``preset``: the
     frozen task networks, the MSE baseline and each (task, strategy) ICM codec."""

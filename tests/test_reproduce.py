@@ -7,9 +7,11 @@ codecs of a few steps each, and evaluates them and the ci anchors on 4 images).
 import pytest
 
 from icmlib import evaluation
+from icmlib.cache import checkpoint_path
 from icmlib.evaluation import reproduction as rp
 from icmlib.evaluation import results as res
 from icmlib.presets import get_preset
+from icmlib.training import baseline_config
 
 OUTPUTS = ("results.json", "rd_detection.png", "rd_instance.png", "rd_psnr.png",
            "weighting_detection.png", "weighting_instance.png", "bd_rate.md", "bd_rate.csv",
@@ -156,7 +158,7 @@ def test_reproduce_variable_rate_codecs(tmp_path):
     rate point; the weighting runs are split per rate; retrain ignores a shipped set."""
     p = get_preset("ci", variable_rate=True, repro_strategies=("dynamic",), codec_steps=6,
                    codec_finetune_steps=4, icm_steps=4, repro_anchors=("jpeg",),
-                   low_rd_lambdas=(0.0005,), mse_low_rd_lambdas=(0.0001,))
+                   low_rd_lambdas=(0.0005,), mse_low_rd_lambdas=(0.0001,), mse_finish_steps=2)
     results = evaluation.reproduce(p, tmp_path / "vr", progress=False)
     lambdas = sorted(p.low_rd_lambdas + p.rd_lambdas)
     n_rates = len(lambdas)  # the low-rate codec's point first, then rd_lambdas' codec's
@@ -178,6 +180,10 @@ def test_reproduce_variable_rate_codecs(tmp_path):
     assert all(len(r["val"]) == 1 and r["lambda"] == mse["lambdas"][r["rate_index"]] for r in runs)
     assert list(results["extra"]["budget"]["low_rd_lambdas"]) == [0.0005]
     assert list(results["extra"]["budget"]["mse_low_rd_lambdas"]) == [0.0001]
+    # the baseline reported is the MSE codecs finished on the ICM codecs' crops
+    assert results["extra"]["budget"]["mse_finish_steps"] == 2
+    assert all(checkpoint_path("codec", baseline_config(p, r)).is_file()
+               for r in ("all", "low", "mse-low"))
     assert (tmp_path / "vr" / "bitmaps.png").is_file()  # at a point every codec has
     assert "retraining everything" in rp.retrain_estimate()
 

@@ -109,6 +109,10 @@ def test_any_kind_ships_and_unchanged_weights_are_not_rewritten(tmp_path, monkey
     assert loaded["metrics"] == {"a": 1} and config_key(config) == e1["key"]
     summary = shipped.shipped_summary(folder)
     assert summary["files"] == 1 and summary["megabytes"] > 0
+    # taken out again: file and entry gone
+    assert ship.unship("task-toy", e1["key"]) == e1 and not (folder / e1["file"]).exists()
+    assert shipped.shipped_summary(folder)["files"] == 0
+    assert ship.unship("task-toy", e1["key"]) is None
 
 
 def test_the_committed_shipped_set_verifies(monkeypatch):

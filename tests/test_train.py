@@ -322,6 +322,40 @@ def test_the_mse_baselines_own_lowest_rates():
     assert added == [("codec", lowest)]
 
 
+def test_the_reported_mse_baseline_ends_on_the_icm_codecs_crops(monkeypatch):
+    """mse_finish_steps: the MSE baseline a reproduction reports is the MSE codec of its
+    rate fine-tuned on the ICM codecs' crops and batches; the ICM codecs still start from
+    the MSE codec (no key changes), and the shipped set lists the finished baseline."""
+    from icmlib.ship import reproduction_checkpoints
+    from icmlib.training import baseline_config, baseline_run, codec_config, codec_run
+    from icmlib.training.start import _state_hash
+
+    p = ci(codec_steps=3, codec_finetune_steps=2, icm_steps=2, codec_base_rate=1,
+           val_every=100, batch_size=4, icm_batch_size=2)
+    fin = p.replace(mse_finish_steps=3)
+    assert baseline_config(p, 0) == codec_config(p, None, "mse", 0)
+    key = baseline_config(fin, 0)
+    assert key["init_from"] == codec_config(p, None, "mse", 0)
+    assert (key["steps"], key["batch_size"], key["crop_size"]) == (3, 2, p.icm_crop_size)
+    for task, strategy in [(None, "mse"), ("detection", "fixed"), ("instance", "dynamic")]:
+        assert codec_config(fin, task, strategy, 0) == codec_config(p, task, strategy, 0)
+    finished = baseline_run(fin, 0, progress=False)
+    mse = codec_run(fin, None, "mse", 0, progress=False)
+    assert finished["meta"]["init_from"] == f"codec:{_state_hash(mse['state_dict'])}"
+    assert len(finished["logs"]["train"]) == 3 and finished["meta"]["steps"] == 3
+    assert _state_hash(finished["state_dict"]) != _state_hash(mse["state_dict"])
+    from icmlib.training import codec as codec_module
+    monkeypatch.setattr(codec_module, "train_codec", lambda *a, **k: pytest.fail("trained again"))
+    again = baseline_run(fin, 0, progress=False)
+    assert _state_hash(again["state_dict"]) == _state_hash(finished["state_dict"])
+    assert _state_hash(baseline_run(p, 0, progress=False)["state_dict"]) == _state_hash(
+        mse["state_dict"])
+    shipped, plain = reproduction_checkpoints(fin), reproduction_checkpoints(p)
+    assert ("codec", key) in shipped and ("codec", key) not in plain
+    assert ("codec", codec_config(p, None, "mse", 0)) not in shipped
+    assert len(shipped) == len(plain)
+
+
 def test_cli_train_and_errors(tmp_path, capsys):
     from icmlib.cli import main
 
@@ -333,6 +367,10 @@ def test_cli_train_and_errors(tmp_path, capsys):
     assert main(["train", "--preset", "ci", "--strategy", "dynamic", "--out", str(out)]) == 2
     assert "needs a task" in capsys.readouterr().err
     assert main(["train", "--preset", "ci", "--rate", "7", "--out", str(out)]) == 2
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(f"'{name}'" in shown for name in ("all", "low", "mse-low"))
 
 
 def test_training_works_when_called_under_no_grad(tmp_path, monkeypatch):

@@ -2,7 +2,8 @@
 validation, and the loss-weighting strategies that make a codec an ICM codec.
 
 ============== =========================================================================
-``run``        :func:`codec_for` / :func:`codec_run`: train-or-load a codec by the recipe
+``run``        :func:`codec_for` / :func:`codec_run`: train-or-load a codec by the recipe;
+               :func:`baseline_run`: the MSE baseline a reproduction reports
 ``recipe``     which codec serves a rate, what it is fine-tuned from, its cache key
 ``zoo``        ``codec_zoo`` presets (``gpu``): the MSE codec is CompressAI's, not trained
 ``codec``      :func:`train_codec`: one codec's run, its train step and validation hook
