@@ -68,7 +68,8 @@ def ship(kind: str, config: Mapping[str, Any], obj: Any, *, command: str, traine
     """Add a trained checkpoint to the shipped set (file + manifest entry); returns the entry.
 
     ``trained_at``: the commit whose code trained it. A file with the same content is not
-    rewritten, so unchanged weights are never committed twice.
+    rewritten, so unchanged weights are never committed twice, and its manifest entry (when
+    it has one) is kept as it is: shipping it again says nothing new about where it came from.
     """
     directory = Path(directory or shipped_dir())
     directory.mkdir(parents=True, exist_ok=True)
@@ -79,6 +80,9 @@ def ship(kind: str, config: Mapping[str, Any], obj: Any, *, command: str, traine
     atomic_save(compact(obj), tmp)
     if path.is_file() and sha256_of(path) == sha256_of(tmp):
         tmp.unlink()
+        known = read_manifest(directory)["entries"].get(entry_name(kind, key))
+        if known is not None and known["sha256"] == sha256_of(path):
+            return known
     else:
         os.replace(tmp, path)
     entry = {"file": name, "kind": kind, "key": key, "sha256": sha256_of(path),
