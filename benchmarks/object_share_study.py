@@ -27,16 +27,10 @@ of its variable-rate codecs; the λ tried below 0.00005 are in ``icmlib.presets`
 
 The μ = 0 codec trains first if it is not in the cache (about 25 min on one thread).
 """
-import json
-import platform
-import time
-from pathlib import Path
-
-import torch
+from study import run_study
 
 from icmlib.data import dataset_for
 from icmlib.evaluation.bitmaps import object_bit_share, object_share_if_bits_followed_objects
-from icmlib.evaluation.results import cpu_model, git_commit
 from icmlib.evaluation.summary import share_at_bpp
 from icmlib.presets import get_preset
 from icmlib.tasks import FrozenTask, task_network
@@ -44,7 +38,7 @@ from icmlib.training import MSE_LOW_RATES, codec_at_rate, codec_run, train_codec
 from icmlib.training.validation import validate_codec
 
 IMAGES = 64
-OUT = Path("data/results/cpu")
+COMMAND = "ICM_CACHE=.cache/book python benchmarks/object_share_study.py"
 
 
 def variants(preset):
@@ -109,18 +103,10 @@ def markdown(rows, meta):
 
 
 def main():
-    torch.set_num_threads(1)
-    start = time.time()
     preset = get_preset("cpu")
-    rows = measure(preset)
-    meta = {"command": "ICM_CACHE=.cache/book python benchmarks/object_share_study.py",
-            "commit": git_commit(), "hardware": f"{cpu_model()}, {platform.machine()}, 1 torch thread",
-            "minutes": (time.time() - start) / 60,
-            "share_if_bits_followed_objects": object_share_if_bits_followed_objects(
-                dataset_for(preset, "val", train=False), IMAGES)}
-    (OUT / "object_share_study.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (OUT / "object_share_study.md").write_text(markdown(rows, meta))
-    print(markdown(rows, meta))
+    run_study("object_share_study", COMMAND, 1, lambda: measure(preset), markdown,
+              lambda: {"share_if_bits_followed_objects": object_share_if_bits_followed_objects(
+                  dataset_for(preset, "val", train=False), IMAGES)})
 
 
 if __name__ == "__main__":

@@ -16,21 +16,15 @@ Run from the repository root with the book's cache:
 
     ICM_CACHE=.cache/book python benchmarks/whole_vs_quarters.py
 """
-import json
-import platform
-import time
-from pathlib import Path
-
 import torch
+from study import run_study
 
 from icmlib.codec import losses, run_codec
 from icmlib.data import dataset_for
-from icmlib.evaluation.results import cpu_model, git_commit
 from icmlib.presets import get_preset
 from icmlib.training import MSE_LOW_RATES, baseline_run, codec_at_rate, codec_run
 
 IMAGES = 32
-OUT = Path("data/results/cpu")
 COMMAND = "ICM_CACHE=.cache/book python benchmarks/whole_vs_quarters.py"
 
 
@@ -88,16 +82,7 @@ def markdown(rows, meta):
 
 
 def main():
-    torch.set_num_threads(2)
-    start = time.time()
-    preset = get_preset("cpu")
-    rows = measure(preset)
-    meta = {"command": COMMAND, "commit": git_commit(),
-            "hardware": f"{cpu_model()}, {platform.machine()}, 2 torch threads",
-            "minutes": (time.time() - start) / 60}
-    (OUT / "whole_vs_quarters.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (OUT / "whole_vs_quarters.md").write_text(markdown(rows, meta))
-    print(markdown(rows, meta))
+    run_study("whole_vs_quarters", COMMAND, 2, lambda: measure(get_preset("cpu")), markdown)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,30 @@
+"""What every study in this folder records: run it on a set number of torch threads, then
+write ``data/results/cpu/<name>.json`` (meta + rows) and ``<name>.md`` with the command,
+commit, hardware and minutes it took, so that each number quoted elsewhere has its source."""
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from icmlib.evaluation.results import cpu_model, git_commit
+
+OUT = Path("data/results/cpu")
+
+
+def run_study(name: str, command: str, threads: int, measure, markdown, extra_meta=None):
+    """``rows = measure()``, then both files written and the table printed; returns rows.
+
+    ``markdown(rows, meta)`` renders the table; ``extra_meta()`` adds to the meta."""
+    torch.set_num_threads(threads)
+    start = time.time()
+    rows = measure()
+    unit = "thread" if threads == 1 else "threads"
+    meta = {"command": command, "commit": git_commit(),
+            "hardware": f"{cpu_model()}, {platform.machine()}, {threads} torch {unit}",
+            "minutes": (time.time() - start) / 60, **(extra_meta() if extra_meta else {})}
+    (OUT / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (OUT / f"{name}.md").write_text(markdown(rows, meta))
+    print(markdown(rows, meta))
+    return rows
