@@ -26,6 +26,9 @@ of its variable-rate codecs; the λ tried below 0.00005 are in ``icmlib.presets`
     ICM_CACHE=.cache/book python benchmarks/object_share_study.py
 
 The μ = 0 codec trains first if it is not in the cache (about 25 min on one thread).
+The committed table (282f71a) predates ``preset.mse_finish_steps``: its MSE rows are the
+crop-trained MSE codecs, not the baseline the reproduction now reports
+(``benchmarks/whole_vs_quarters.py`` says why that matters).
 """
 from study import run_study
 
