@@ -14,7 +14,7 @@ point, and the validation log of each run over training.
 The new codec trains into ``$ICM_CACHE/runs/study/icm-from-finished-baseline`` (resumable;
 about 15 min on 2 threads) unless it is there already.
 """
-from study import run_study
+from study import header, run_study
 
 from icmlib.cache import cache_dir
 from icmlib.data import dataset_for
@@ -56,11 +56,9 @@ def measure(preset):
 
 
 def markdown(rows, meta):
-    lines = ["# Where an ICM codec starts (detection, dynamic; validation images)", "",
-             f"- command: `{meta['command']}` at commit `{meta['commit']}`",
-             f"- hardware: {meta['hardware']}; {meta['minutes']:.1f} min",
-             f"- {IMAGES} validation images; box mAP of the frozen detector on the decoded images", "",
-             "| start | rate point | bpp | PSNR | box mAP |", "|---|---|---|---|---|"]
+    lines = header("Where an ICM codec starts (detection, dynamic; validation images)", meta,
+                   f"{IMAGES} validation images; box mAP of the frozen detector on the decoded images")
+    lines += ["| start | rate point | bpp | PSNR | box mAP |", "|---|---|---|---|---|"]
     lines += [f"| {r['start']} | {r['rate']} | {r['bpp']:.4f} | {r['psnr']:.2f} | "
               f"{r['bbox_map']:.3f} |" for r in rows]
     lines += ["", "Validation log over training (16 images; step: bpp / box mAP):", "",

@@ -30,7 +30,7 @@ The committed table (282f71a) predates ``preset.mse_finish_steps``: its MSE rows
 crop-trained MSE codecs, not the baseline the reproduction now reports
 (``benchmarks/whole_vs_quarters.py`` says why that matters).
 """
-from study import run_study
+from study import header, run_study
 
 from icmlib.data import dataset_for
 from icmlib.evaluation.bitmaps import object_bit_share, object_share_if_bits_followed_objects
@@ -89,15 +89,13 @@ def measure(preset):
 
 
 def markdown(rows, meta):
-    lines = ["# What limits the share of bits inside objects (validation images)", "",
-             f"- command: `{meta['command']}` at commit `{meta['commit']}`",
-             f"- hardware: {meta['hardware']}; {meta['minutes']:.1f} min",
-             f"- {IMAGES} validation images; objects cover "
-             f"{rows[0]['object_area_share']:.0%} of them; a codec whose bits in each 16×16 "
-             f"block followed the objects' coverage would spend "
-             f"{meta['share_if_bits_followed_objects']:.0%} of its bits inside them", "",
-             "| codec | rate point | bpp | box mAP | PSNR | bits inside objects | ×MSE at equal bpp |",
-             "|---|---|---|---|---|---|---|"]
+    lines = header("What limits the share of bits inside objects (validation images)", meta,
+                   f"{IMAGES} validation images; objects cover "
+                   f"{rows[0]['object_area_share']:.0%} of them; a codec whose bits in each "
+                   f"16×16 block followed the objects' coverage would spend "
+                   f"{meta['share_if_bits_followed_objects']:.0%} of its bits inside them")
+    lines += ["| codec | rate point | bpp | box mAP | PSNR | bits inside objects | ×MSE at equal bpp |",
+              "|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = "—" if r["vs_mse_equal_bpp"] is None else f"{r['vs_mse_equal_bpp']:.2f}"
         lines.append(f"| {r['codec']} | {r['rate']} | {r['bpp']:.3f} | {r['bbox_map']:.3f} | "

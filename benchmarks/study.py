@@ -13,6 +13,14 @@ from icmlib.evaluation.results import cpu_model, git_commit
 OUT = Path("data/results/cpu")
 
 
+def header(title: str, meta, *about: str) -> list:
+    """The first lines of a study's table: its title, command, commit, hardware, minutes
+    and what it measured (``about``, one bullet each)."""
+    return [f"# {title}", "", f"- command: `{meta['command']}` at commit `{meta['commit']}`",
+            f"- hardware: {meta['hardware']}; {meta['minutes']:.1f} min",
+            *[f"- {line}" for line in about], ""]
+
+
 def run_study(name: str, command: str, threads: int, measure, markdown, extra_meta=None):
     """``rows = measure()``, then both files written and the table printed; returns rows.
 

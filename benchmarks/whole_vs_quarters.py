@@ -17,7 +17,7 @@ Run from the repository root with the book's cache:
     ICM_CACHE=.cache/book python benchmarks/whole_vs_quarters.py
 """
 import torch
-from study import run_study
+from study import header, run_study
 
 from icmlib.codec import losses, run_codec
 from icmlib.data import dataset_for
@@ -70,12 +70,10 @@ def measure(preset):
 
 
 def markdown(rows, meta):
-    lines = ["# A whole image against its four quarters (validation images)", "",
-             f"- command: `{meta['command']}` at commit `{meta['commit']}`",
-             f"- hardware: {meta['hardware']}; {meta['minutes']:.1f} min",
-             f"- {IMAGES} validation images of 128 × 128; estimated bpp of the rounded latents", "",
-             "| codec | rate | whole image bpp | mean of its quarters bpp | whole / quarters |",
-             "|---|---|---|---|---|"]
+    lines = header("A whole image against its four quarters (validation images)", meta,
+                   f"{IMAGES} validation images of 128 × 128; estimated bpp of the rounded latents")
+    lines += ["| codec | rate | whole image bpp | mean of its quarters bpp | whole / quarters |",
+              "|---|---|---|---|---|"]
     lines += [f"| {r['codec']} | {r['rate']} | {r['whole_bpp']:.4f} | {r['quarters_bpp']:.4f} | "
               f"{r['ratio']:.2f} |" for r in rows]
     return "\n".join(lines) + "\n"
