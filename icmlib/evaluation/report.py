@@ -50,9 +50,10 @@ def summary_markdown(results: Dict[str, Any]) -> str:
               "−32.90 %.", ""] + overhead_lines(results)
     if s.get("mse_vs_anchors_psnr"):
         lines += ["## The learned baseline against the anchors, for the eye", "",
-                  "ICM codecs are fine-tuned from the MSE baseline, so they start where it "
-                  "stands. BD-rate of the MSE baseline against each anchor at equal PSNR "
-                  "(negative: the learned codec needs fewer bits):",
+                  "ICM codecs are fine-tuned from the MSE codecs of their rates (the baseline "
+                  "before its last stage on whole images, when the preset has one), so they "
+                  "start about where it stands. BD-rate of the MSE baseline against each "
+                  "anchor at equal PSNR (negative: the learned codec needs fewer bits):",
                   ""] + [f"- vs {a}: {v}" for a, v in s["mse_vs_anchors_psnr"].items()] + [""]
         eq = s.get("mse_vs_anchors_equal_psnr")
         if eq:

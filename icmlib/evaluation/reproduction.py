@@ -121,12 +121,10 @@ def _by_rate(preset: Preset, task, strategy, progress) -> Dict[int, Dict[str, An
     for point, (codec_rate, _, _) in enumerate(rate_points(preset)):
         if not has_rate(task, codec_rate):
             continue
-        if codec_rate in ckpts:
-            pass
-        elif task is None:
-            ckpts[codec_rate] = baseline_run(preset, codec_rate, progress=progress)
-        else:
-            ckpts[codec_rate] = codec_run(preset, task, strategy, codec_rate, progress=progress)
+        if codec_rate not in ckpts:
+            ckpts[codec_rate] = (baseline_run(preset, codec_rate, progress=progress)
+                                 if task is None else
+                                 codec_run(preset, task, strategy, codec_rate, progress=progress))
         out[point] = ckpts[codec_rate]
     return out
 

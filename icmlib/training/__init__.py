@@ -33,7 +33,8 @@ from icmlib.training.weighting import (STRATEGIES, Dynamic, Fixed, Magnitude, Pe
 __all__ = [
     # train-or-load by the recipe
     "codec_for", "codec_run", "codec_at_rate", "logs_at_rate", "baseline_run",
-    "baseline_config", "finishing_preset", "codec_config", "codec_parent", "default_steps", "recipe_rate", "resolve_rate",
+    "baseline_config", "finishing_preset", "codec_config", "codec_parent", "default_steps",
+    "recipe_rate", "resolve_rate",
     "rate_points", "has_rate", "ALL_RATES", "LOW_RATES", "MSE_LOW_RATES", "TRAIN_VERSION",
     # the MSE codec from CompressAI's zoo (codec_zoo presets: gpu)
     "zoo_quality_for", "zoo_codec_config", "zoo_mse_checkpoint",

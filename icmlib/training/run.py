@@ -54,8 +54,7 @@ def _codec_run(preset: Preset, task, strategy, rate_index, progress, force, step
         init = None
         parent = codec_parent(preset, task, rate_index)
         if parent is not None:
-            init = _codec_run(preset, *parent, progress, False, None)
-            init = {k: init[k] for k in ("format", "config", "state_dict", "meta")}
+            init = _weights(_codec_run(preset, *parent, progress, False, None))
         # through the module, so a test can stand in for train_codec
         return codec.train_codec(preset, task, strategy, rate_index, steps=cfg["steps"],
                                  out_dir=run_dir, resume=not force, progress=progress,
@@ -83,14 +82,18 @@ def baseline_run(preset: Union[Preset, str, None] = None, rate_index: Union[int,
 
     def train():
         parent = codec_run(preset, None, "mse", rate, progress=progress)
-        init = {k: parent[k] for k in ("format", "config", "state_dict", "meta")}
         return codec.train_codec(finishing_preset(preset), None, "mse", rate,
                                  steps=preset.mse_finish_steps, out_dir=run_dir,
-                                 resume=not force, progress=progress, init_from=init,
+                                 resume=not force, progress=progress, init_from=_weights(parent),
                                  command=f"icmlib.training.baseline_run(preset={preset.name!r}, "
                                          f"rate_index={rate!r})")
 
     return train_or_load("codec", cfg, train, force=force, verbose=progress)
+
+
+def _weights(ckpt: Mapping[str, Any]) -> Dict[str, Any]:
+    """What a fine-tuning run starts from: a checkpoint dict without its logs."""
+    return {k: ckpt[k] for k in ("format", "config", "state_dict", "meta")}
 
 
 def logs_at_rate(logs: Mapping[str, List[Dict[str, float]]], rate: int) -> Dict[str, list]:
