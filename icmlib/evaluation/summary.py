@@ -29,10 +29,9 @@ def object_share_table(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     same bpp (``vs_mse_equal_bpp``: the MSE baseline's share interpolated at this point's
     bpp, None outside the baseline's range of rates).
 
-    The two differ because the share depends on the rate (on the cpu world the ICM codecs'
-    share rises as their rate falls; the MSE baseline's peaks and falls again at its lowest
-    rates), and an ICM codec at the same λ codes at a lower rate than the baseline: only
-    the equal-bpp ratio compares codecs spending the same budget."""
+    The two differ because the share depends on the rate (on the cpu world every codec's
+    share rises as its rate falls), and an ICM codec at the same λ codes at a lower rate
+    than the baseline: only the equal-bpp ratio compares codecs spending the same budget."""
     mse = next((c["points"] for c in results["codecs"] if c.get("group") == "mse"), [])
     by_setting = {p["setting"]: p for p in mse}
     rows = []

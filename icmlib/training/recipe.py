@@ -20,6 +20,7 @@ import numpy as np
 
 from icmlib.engine.distributed import world_size
 from icmlib.presets import Preset, get_preset
+from icmlib.training.batches import crop_and_batch
 from icmlib.training.zoo import zoo_codec_config
 
 #: Bump when the training procedure changes, so cached codecs are retrained.
@@ -204,8 +205,6 @@ def _codec_config(preset: Preset, task, strategy, rate_index, steps) -> Dict[str
 def finishing_preset(preset: Preset) -> Preset:
     """The preset the MSE baseline's last stage trains with: the ICM codecs' crops and
     batch size (``preset.mse_finish_steps``; :func:`baseline_config`)."""
-    from icmlib.training.batches import crop_and_batch
-
     crop, batch_size = crop_and_batch(preset, with_task=True)
     return preset.replace(crop_size=crop, batch_size=batch_size)
 

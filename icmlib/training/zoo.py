@@ -24,9 +24,9 @@ import os
 from typing import Any, Dict
 
 from icmlib.codec import ICMCodec, ModelError, codec_checkpoint
-from icmlib.data.download import OFFLINE_ENV, hub_download
 from icmlib.codec.zoo import (ZOO_TRAINING, zoo_architecture, zoo_as_icm_codec,
                               zoo_codec, zoo_quality, zoo_weights)
+from icmlib.data.download import OFFLINE_ENV, hub_download
 from icmlib.presets import Preset
 
 __all__ = ["zoo_quality_for", "zoo_codec_config", "zoo_mse_checkpoint", "OFFLINE_ENV"]
