@@ -6,9 +6,17 @@ of the reproduction (with ``--book``, also of the book's chapters) that ``$ICM_C
 with a thinned training log) and records each in the manifest with its sha256, command,
 commit, steps, wall time and hardware. What is not trained yet is listed, not trained.
 Reading the set is :mod:`icmlib.shipped`.
+
+A retrain that spans sessions (a new recipe for the reproduction's codecs, hours on 2 cores)
+is staged: ``--replace icm_steps=6000 --into icmlib/weights/next`` ships each codec the new
+recipe has trained so far into a folder of its own (what the shipped set already holds is
+skipped), so nothing depends on one machine's cache; the book keeps reading the shipped set.
+When the preset takes the new recipe, ``--promote icmlib/weights/next`` moves the staged
+files into the shipped set and takes out the codecs the reproduction no longer loads.
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 from pathlib import Path
@@ -124,13 +132,19 @@ def reproduction_checkpoints(preset) -> list:
 
 
 def ship_from_cache(preset, trained_at: str, *, directory: Optional[Path] = None,
-                    command: Optional[str] = None) -> list:
+                    command: Optional[str] = None, skip_shipped: bool = False) -> list:
     """Ship every checkpoint of the reproduction that the train-or-load cache holds (what
-    is not trained yet is listed, not trained). Returns ``[(kind, key, status)]``."""
+    is not trained yet is listed, not trained). ``skip_shipped``: leave out what the
+    shipped set already holds (staging a retrain into ``directory``). Returns
+    ``[(kind, key, status)]``."""
     done = []
+    already = read_manifest()["entries"] if skip_shipped else {}
     for kind, config in reproduction_checkpoints(preset):
         path = checkpoint_path(kind, config)
         key = config_key(config)
+        if entry_name(kind, key) in already:
+            done.append((kind, key, "in the shipped set already"))
+            continue
         if not path.is_file():
             done.append((kind, key, "not trained yet"))
             continue
@@ -196,6 +210,49 @@ def _provenance(kind: str, obj: Mapping[str, Any], config: Mapping[str, Any], pr
             f"icm train-task --task {task} --preset {name}")
 
 
+def promote(staged: Path, preset, *, directory: Optional[Path] = None) -> list:
+    """Move a staged retrain (``ship_from_cache(..., skip_shipped=True)`` into ``staged``)
+    into the shipped set, entries as they were staged, then take out every codec of the
+    reproduction's tasks that ``preset``'s reproduction no longer loads (the old recipe's).
+    Refuses, changing nothing, while the reproduction still lacks a checkpoint."""
+    directory = Path(directory or shipped_dir())
+    staged_entries = read_manifest(staged)["entries"]
+    shipped_entries = read_manifest(directory)["entries"]
+    wanted = {entry_name(kind, config_key(config)) for kind, config in reproduction_checkpoints(preset)}
+    missing = sorted(wanted - set(staged_entries) - set(shipped_entries))
+    if missing:
+        raise ValueError(f"not promoting {staged}: the reproduction of preset "
+                         f"{getattr(preset, 'name', preset)!r} still lacks {', '.join(missing)}")
+    done = []
+    for name, entry in staged_entries.items():
+        os.replace(staged / entry["file"], directory / entry["file"])
+        shipped_entries[name] = entry
+        done.append((entry["kind"], entry["key"], f"promoted {entry['file']}"))
+    for name, entry in list(shipped_entries.items()):
+        superseded = (entry["kind"] == "codec" and name not in wanted
+                      and entry.get("config", {}).get("task") in REPRO_TASKS)
+        if superseded:
+            (directory / entry["file"]).unlink(missing_ok=True)
+            del shipped_entries[name]
+            done.append(("codec", entry["key"], "taken out: the reproduction no longer loads it"))
+    doc = {"format": read_manifest(directory)["format"], "entries": dict(sorted(shipped_entries.items()))}
+    atomic_write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", directory / MANIFEST_NAME)
+    (staged / MANIFEST_NAME).unlink()
+    return done
+
+
+def _preset_override(text: str):
+    """``FIELD=VALUE`` of ``--replace`` as (field, value): the value is a Python literal
+    (``icm_steps=6000``, ``rd_lambdas=(0.002, 0.01)``) or, failing that, a string."""
+    field, sep, value = text.partition("=")
+    if not sep or not field.strip():
+        raise ValueError(f"--replace wants FIELD=VALUE, got {text!r}")
+    try:
+        return field.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        return field.strip(), value.strip()
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -206,22 +263,43 @@ def main(argv=None) -> int:
         description="Ship the reproduction's trained checkpoints (from $ICM_CACHE) into "
                     "icmlib/weights/shipped with their manifest entries; list what is missing.")
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--trained-at", required=True, help="the commit whose code trained them")
+    parser.add_argument("--trained-at", help="the commit whose code trained them")
     parser.add_argument("--book", action="store_true",
                         help="also ship what the book's chapters train beyond the reproduction "
                              f"(kinds {', '.join(BOOK_KINDS)}, and codecs for the semantic task), "
                              "as $ICM_CACHE holds them after `make book`")
+    parser.add_argument("--replace", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a preset field the checkpoints were trained with, e.g. "
+                             "icm_steps=6000, to stage a retrain before the preset takes it "
+                             "(repeatable; with --into)")
+    parser.add_argument("--into", type=Path, metavar="DIR",
+                        help="a staging folder instead of the shipped set: what the shipped set "
+                             "already holds is skipped (a retrain that spans sessions)")
+    parser.add_argument("--promote", type=Path, metavar="DIR",
+                        help="move the staged checkpoints of DIR into the shipped set and take "
+                             "out the codecs the preset's reproduction no longer loads "
+                             "(--trained-at is not needed)")
     args = parser.parse_args(argv)
-    done = ship_from_cache(get_preset(args.preset), args.trained_at)
-    if args.book:
+    try:
+        preset = get_preset(args.preset).replace(**dict(map(_preset_override, args.replace)))
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+    if args.promote:
+        done = promote(args.promote, preset)
+    elif not args.trained_at:
+        parser.error("--trained-at is required (the commit whose code trained them)")
+    else:
+        done = ship_from_cache(preset, args.trained_at, directory=args.into,
+                               skip_shipped=args.into is not None)
+    if args.book and not args.promote:
         for kind in BOOK_KINDS:
             done += ship_cached(kind, args.trained_at, preset_name=args.preset)
         done += ship_cached("codec", args.trained_at, preset_name=args.preset,
                             where=lambda config: config.get("task") == "semantic")
     for kind, key, status in done:
         print(f"{kind:18s} {key}  {status}")
-    s = shipped_summary()
-    print(f"shipped set: {s['files']} files, {s['megabytes']:.1f} MB, "
+    s = shipped_summary(args.into)
+    print(f"{'staged' if args.into else 'shipped'} set: {s['files']} files, {s['megabytes']:.1f} MB, "
           f"{s['train_hours']:.2f} h of training")
     return 0
 

@@ -184,3 +184,53 @@ def test_compact_keeps_single_numbers_of_other_networks_in_float32():
     small = ship.compact(obj)["state_dict"]
     assert small["w"].dtype == torch.float16 and small["steps"].dtype == torch.int64
     assert small["bound"].dtype == torch.float32 and float(small["bound"]) == pytest.approx(1e-9)
+
+
+def test_a_retrain_is_staged_beside_the_shipped_set_then_promoted(tmp_path, monkeypatch):
+    """`python -m icmlib.ship --replace F=V --into DIR`, then `--promote DIR`: a new recipe's
+    checkpoints wait in a folder of their own (the shipped set keeps serving the book), and
+    replace the old recipe's only when the reproduction lacks none of them."""
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path / "cache"))
+    folder, staged = tmp_path / "set", tmp_path / "next"
+    monkeypatch.setenv("ICM_SHIPPED_DIR", str(folder))
+    monkeypatch.delenv(shipped.RETRAIN_ENV, raising=False)
+    old = get_preset("ci", variable_rate=True, codec_steps=3, codec_finetune_steps=2,
+                     codec_base_rate=0, checkpoint_every=3, val_every=3)
+    codec_run(old, None, "mse", 0, progress=False)
+    ship.ship_from_cache(old, trained_at="old")
+    old_icm = ship.ship("codec", {"task": "detection", "steps": 1}, {"w": torch.ones(2)},
+                        command="t", trained_at="old")  # an ICM codec of the old recipe
+    assert ship.main(["--preset", "ci", "--replace", "icm_steps=7", "--into", str(staged),
+                      "--trained-at", "new"]) == 0
+    assert not list(staged.glob("*.pt"))  # nothing of that recipe is trained
+    new = old.replace(codec_finetune_steps=3)
+    codec_run(new, None, "mse", 0, progress=False)
+    status = {key: s for _, key, s in ship.ship_from_cache(new, "new", directory=staged,
+                                                            skip_shipped=True)}
+    new_key = config_key(codec_config(new, None, "mse", 0))
+    assert status[new_key].startswith("shipped") and new_key not in shipped.read_manifest()["entries"]
+    assert shipped.read_manifest(staged)["entries"][f"codec/{new_key}"]["trained_at"] == "new"
+    with pytest.raises(ValueError, match="still lacks .*task-detection"):
+        ship.promote(staged, new)  # the reproduction lacks its task networks: nothing moves
+    assert (staged / f"codec-{new_key}.pt").is_file()
+    wanted = [("codec", codec_config(new, None, "mse", 0))]
+    monkeypatch.setattr(ship, "reproduction_checkpoints", lambda preset: wanted)
+    done = {key: s for _, key, s in ship.promote(staged, new)}
+    assert done[new_key].startswith("promoted") and done[old_icm["key"]].startswith("taken out")
+    entries = shipped.read_manifest()["entries"]
+    assert f"codec/{new_key}" in entries and f"codec/{old_icm['key']}" not in entries
+    assert not (folder / old_icm["file"]).exists() and not list(staged.iterdir())
+    old_key = config_key(codec_config(old, None, "mse", 0))
+    assert f"codec/{old_key}" in entries  # the MSE baseline is no ICM codec: kept
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path / "reader"))  # a fresh clone
+    loaded = codec_run(new, None, "mse", 0, progress=False)
+    assert loaded["meta"]["steps"] == 3 and loaded["meta"]["train_seconds"] > 0
+
+
+def test_ship_refuses_a_malformed_replace(capsys):
+    with pytest.raises(SystemExit):
+        ship.main(["--replace", "icm_steps", "--trained-at", "x"])
+    assert "FIELD=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ship.main(["--replace", "no_such_field=3", "--trained-at", "x"])
+    assert "unknown preset field" in capsys.readouterr().err
