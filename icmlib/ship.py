@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
@@ -214,15 +215,21 @@ def promote(staged: Path, preset, *, directory: Optional[Path] = None) -> list:
     """Move a staged retrain (``ship_from_cache(..., skip_shipped=True)`` into ``staged``)
     into the shipped set, entries as they were staged, then take out every codec of the
     reproduction's tasks that ``preset``'s reproduction no longer loads (the old recipe's).
-    Refuses, changing nothing, while the reproduction still lacks a checkpoint."""
+    Refuses, changing nothing, while the reproduction still lacks a checkpoint or does not
+    load one that is staged (the preset does not take the new recipe yet)."""
     directory = Path(directory or shipped_dir())
     staged_entries = read_manifest(staged)["entries"]
     shipped_entries = read_manifest(directory)["entries"]
     wanted = {entry_name(kind, config_key(config)) for kind, config in reproduction_checkpoints(preset)}
+    name = getattr(preset, "name", preset)
     missing = sorted(wanted - set(staged_entries) - set(shipped_entries))
     if missing:
-        raise ValueError(f"not promoting {staged}: the reproduction of preset "
-                         f"{getattr(preset, 'name', preset)!r} still lacks {', '.join(missing)}")
+        raise ValueError(f"not promoting {staged}: the reproduction of preset {name!r} still "
+                         f"lacks {', '.join(missing)}")
+    unused = sorted(set(staged_entries) - wanted)
+    if unused:
+        raise ValueError(f"not promoting {staged}: the reproduction of preset {name!r} does not "
+                         f"load {', '.join(unused)} (does the preset take the new recipe yet?)")
     done = []
     for name, entry in staged_entries.items():
         os.replace(staged / entry["file"], directory / entry["file"])
@@ -285,7 +292,11 @@ def main(argv=None) -> int:
     except (ValueError, TypeError) as e:
         parser.error(str(e))
     if args.promote:
-        done = promote(args.promote, preset)
+        try:
+            done = promote(args.promote, preset)
+        except ValueError as e:
+            print(e, file=sys.stderr)
+            return 1
     elif not args.trained_at:
         parser.error("--trained-at is required (the commit whose code trained them)")
     else:
@@ -293,9 +304,11 @@ def main(argv=None) -> int:
                                skip_shipped=args.into is not None)
     if args.book and not args.promote:
         for kind in BOOK_KINDS:
-            done += ship_cached(kind, args.trained_at, preset_name=args.preset)
+            done += ship_cached(kind, args.trained_at, preset_name=args.preset,
+                                directory=args.into)
         done += ship_cached("codec", args.trained_at, preset_name=args.preset,
-                            where=lambda config: config.get("task") == "semantic")
+                            where=lambda config: config.get("task") == "semantic",
+                            directory=args.into)
     for kind, key, status in done:
         print(f"{kind:18s} {key}  {status}")
     s = shipped_summary(args.into)

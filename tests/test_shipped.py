@@ -186,7 +186,7 @@ def test_compact_keeps_single_numbers_of_other_networks_in_float32():
     assert small["bound"].dtype == torch.float32 and float(small["bound"]) == pytest.approx(1e-9)
 
 
-def test_a_retrain_is_staged_beside_the_shipped_set_then_promoted(tmp_path, monkeypatch):
+def test_a_retrain_is_staged_beside_the_shipped_set_then_promoted(tmp_path, monkeypatch, capsys):
     """`python -m icmlib.ship --replace F=V --into DIR`, then `--promote DIR`: a new recipe's
     checkpoints wait in a folder of their own (the shipped set keeps serving the book), and
     replace the old recipe's only when the reproduction lacks none of them."""
@@ -210,9 +210,14 @@ def test_a_retrain_is_staged_beside_the_shipped_set_then_promoted(tmp_path, monk
     new_key = config_key(codec_config(new, None, "mse", 0))
     assert status[new_key].startswith("shipped") and new_key not in shipped.read_manifest()["entries"]
     assert shipped.read_manifest(staged)["entries"][f"codec/{new_key}"]["trained_at"] == "new"
+    assert ship.main(["--preset", "ci", "--promote", str(staged)]) == 1
+    assert "still lacks" in capsys.readouterr().err and (staged / f"codec-{new_key}.pt").is_file()
     with pytest.raises(ValueError, match="still lacks .*task-detection"):
         ship.promote(staged, new)  # the reproduction lacks its task networks: nothing moves
     assert (staged / f"codec-{new_key}.pt").is_file()
+    monkeypatch.setattr(ship, "reproduction_checkpoints", lambda preset: [])
+    with pytest.raises(ValueError, match="does not load .*take the new recipe"):
+        ship.promote(staged, old)  # promoted, the staged codec would be taken out at once
     wanted = [("codec", codec_config(new, None, "mse", 0))]
     monkeypatch.setattr(ship, "reproduction_checkpoints", lambda preset: wanted)
     done = {key: s for _, key, s in ship.promote(staged, new)}
