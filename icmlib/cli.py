@@ -258,7 +258,8 @@ def _add_train_command(sub) -> None:
                    help="rate point: an index into the preset's rd_lambdas (0 = lowest rate), "
                         "or the value λ itself (e.g. 0.0067) in L = R + λ·(255²·MSE + ...); "
                         "or a variable-rate codec: 'all' (every rd_lambdas point), 'low' "
-                        "(low_rd_lambdas) or 'mse-low' (mse_low_rd_lambdas, MSE only). "
+                        "(low_rd_lambdas), 'mse-low' or 'mse-mid' (mse_low_rd_lambdas, "
+                        "mse_mid_rd_lambdas: MSE only). "
                         "Default: 0")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps (default: the preset's codec_steps for MSE, icm_steps "

@@ -77,6 +77,11 @@ class Preset:
     # fewer bits than the MSE codec of its λ, so without them "at equal bpp" could compare
     # only the ICM codecs' highest rates with the baseline. No ICM codec has them.
     mse_low_rd_lambdas: Tuple[float, ...] = ()
+    # variable_rate only: the MSE baseline's own points between the low-rate codec's and
+    # rd_lambdas' codec's rates (rate "mse-mid", a variable-rate MSE codec from the low-rate
+    # one), where the ICM codecs' middle rates lie: without them the baseline's curve is
+    # interpolated across that gap. No ICM codec has them.
+    mse_mid_rd_lambdas: Tuple[float, ...] = ()
     # The MSE baseline a reproduction reports (icmlib.training.baseline_run): each MSE codec
     # above, fine-tuned for mse_finish_steps on the ICM codecs' crops (icm_crop_size,
     # icm_batch_size), so that the baseline and the ICM codecs it is compared with end their

@@ -158,32 +158,36 @@ def test_reproduce_variable_rate_codecs(tmp_path):
     rate point; the weighting runs are split per rate; retrain ignores a shipped set."""
     p = get_preset("ci", variable_rate=True, repro_strategies=("dynamic",), codec_steps=6,
                    codec_finetune_steps=4, icm_steps=4, repro_anchors=("jpeg",),
-                   low_rd_lambdas=(0.0005,), mse_low_rd_lambdas=(0.0001,), mse_finish_steps=2)
+                   low_rd_lambdas=(0.0005,), mse_low_rd_lambdas=(0.0001,),
+                   mse_mid_rd_lambdas=(0.002,), mse_finish_steps=2)
     results = evaluation.reproduce(p, tmp_path / "vr", progress=False)
     lambdas = sorted(p.low_rd_lambdas + p.rd_lambdas)
     n_rates = len(lambdas)  # the low-rate codec's point first, then rd_lambdas' codec's
-    # the MSE baseline's own lowest point comes first: point numbers are λ's for every codec
+    # the MSE baseline's own points (lowest, middle) among them: point numbers are λ's
     mse = res.find_codec(results, evaluation.mse_name())
-    assert [pt["setting"] for pt in mse["points"]] == list(range(n_rates + 1))
-    assert mse["lambdas"] == [0.0001] + lambdas
+    every = sorted(lambdas + [0.0001, 0.002])
+    assert [pt["setting"] for pt in mse["points"]] == list(range(n_rates + 2))
+    assert mse["lambdas"] == every
+    icm_settings = [every.index(l) for l in lambdas]  # 1, 3, 4, ...: no 0 (mse-low), 2 (mse-mid)
     for name in (evaluation.icm_name("detection", "dynamic"),
                  evaluation.icm_name("instance", "dynamic")):
         codec = res.find_codec(results, name)
-        assert [pt["setting"] for pt in codec["points"]] == list(range(1, n_rates + 1))
+        assert [pt["setting"] for pt in codec["points"]] == icm_settings
         assert codec["lambdas"] == lambdas
         bpps = [pt["bpp"] for pt in codec["points"]]
         # the gains give each of a codec's rate points its own rate (the low codec's one
         # point may tie with the other codec's lowest, both at the floor of a 6-step codec)
         assert len(set(bpps[1:])) == n_rates - 1 and bpps[0] <= min(bpps[1:])
     runs = results["extra"]["training"]
-    assert len(runs) == 2 * n_rates and {r["rate_index"] for r in runs} == set(range(1, n_rates + 1))
+    assert len(runs) == 2 * n_rates and {r["rate_index"] for r in runs} == set(icm_settings)
     assert all(len(r["val"]) == 1 and r["lambda"] == mse["lambdas"][r["rate_index"]] for r in runs)
     assert list(results["extra"]["budget"]["low_rd_lambdas"]) == [0.0005]
     assert list(results["extra"]["budget"]["mse_low_rd_lambdas"]) == [0.0001]
+    assert list(results["extra"]["budget"]["mse_mid_rd_lambdas"]) == [0.002]
     # the baseline reported is the MSE codecs finished on the ICM codecs' crops
     assert results["extra"]["budget"]["mse_finish_steps"] == 2
     assert all(checkpoint_path("codec", baseline_config(p, r)).is_file()
-               for r in ("all", "low", "mse-low"))
+               for r in ("all", "low", "mse-low", "mse-mid"))
     assert (tmp_path / "vr" / "bitmaps.png").is_file()  # at a point every codec has
     assert "retraining everything" in rp.retrain_estimate()
 

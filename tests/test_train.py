@@ -305,7 +305,7 @@ def test_the_mse_baselines_own_lowest_rates():
     low = ci(variable_rate=True, codec_finetune_steps=8, icm_steps=12, codec_base_rate=1,
              low_rd_lambdas=(0.0005, 0.001))
     both = low.replace(mse_low_rd_lambdas=(0.0001,))
-    with pytest.raises(ValueError, match="no lowest rate points"):
+    with pytest.raises(ValueError, match="no rate points 'mse-low'"):
         resolve_rate(low, MSE_LOW_RATES)
     lowest = codec_config(both, None, "mse", MSE_LOW_RATES)
     assert lowest["init_from"] == codec_config(low, None, "mse", "low")
@@ -320,6 +320,35 @@ def test_the_mse_baselines_own_lowest_rates():
     assert has_rate("detection", "low") and has_rate("detection", "all")
     added = [c for c in reproduction_checkpoints(both) if c not in reproduction_checkpoints(low)]
     assert added == [("codec", lowest)]
+
+
+def test_the_mse_baselines_own_middle_rates():
+    """mse_mid_rd_lambdas: MSE-only points between the low-rate codec's rates and
+    rd_lambdas', where the ICM codecs' middle rates lie (the baseline's curve is measured
+    there, not interpolated); made like "mse-low", and no existing key changes."""
+    from icmlib.ship import reproduction_checkpoints
+    from icmlib.training import (MSE_LOW_RATES, MSE_MID_RATES, codec_config, has_rate,
+                                 rate_points, resolve_rate)
+
+    low = ci(variable_rate=True, codec_finetune_steps=8, icm_steps=12, codec_base_rate=1,
+             low_rd_lambdas=(0.0005, 0.001), mse_low_rd_lambdas=(0.0001,))
+    mid = low.replace(mse_mid_rd_lambdas=(0.002,))
+    with pytest.raises(ValueError, match="no rate points 'mse-mid'"):
+        resolve_rate(low, MSE_MID_RATES)
+    middle = codec_config(mid, None, "mse", MSE_MID_RATES)
+    assert middle["init_from"] == codec_config(low, None, "mse", "low")
+    assert middle["steps"] == 8 and middle["lambda"] == [0.002]
+    assert middle != codec_config(mid, None, "mse", MSE_LOW_RATES)
+    with pytest.raises(ValueError, match="MSE baseline only"):
+        codec_config(mid, "instance", "auto", MSE_MID_RATES)
+    points = rate_points(mid)
+    assert [p[0] for p in points] == [MSE_LOW_RATES, "low", "low", MSE_MID_RATES] + ["all"] * 4
+    assert points[3] == (MSE_MID_RATES, 0, 0.002)
+    assert has_rate(None, MSE_MID_RATES) and not has_rate("detection", MSE_MID_RATES)
+    added = [c for c in reproduction_checkpoints(mid) if c not in reproduction_checkpoints(low)]
+    assert added == [("codec", middle)]
+    with pytest.raises(ValueError, match="repeat a λ"):
+        rate_points(mid.replace(mse_mid_rd_lambdas=(0.001,)))
 
 
 def test_the_reported_mse_baseline_ends_on_the_icm_codecs_crops(monkeypatch):
@@ -370,7 +399,7 @@ def test_cli_train_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    assert all(f"'{name}'" in shown for name in ("all", "low", "mse-low"))
+    assert all(f"'{name}'" in shown for name in ("all", "low", "mse-low", "mse-mid"))
 
 
 def test_training_works_when_called_under_no_grad(tmp_path, monkeypatch):

@@ -78,8 +78,8 @@ from icmlib.evaluation.results import (REPRO_TASKS, describe_device, icm_name, l
 from icmlib.presets import Preset, get_preset
 
 #: the preset fields that decide what the reproduction trains (recorded in results.json)
-BUDGET_FIELDS = ("rd_lambdas", "low_rd_lambdas", "mse_low_rd_lambdas", "codec_steps",
-                 "codec_base_rate", "codec_finetune_steps", "mse_finish_steps", "icm_steps",
+BUDGET_FIELDS = ("rd_lambdas", "low_rd_lambdas", "mse_low_rd_lambdas", "mse_mid_rd_lambdas",
+                 "codec_steps", "codec_base_rate", "codec_finetune_steps", "mse_finish_steps", "icm_steps",
                  "icm_val_every", "icm_task_weight", "icm_mse_weight", "lr", "codec_zoo",
                  "codec_transforms")
 

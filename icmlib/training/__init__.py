@@ -17,7 +17,8 @@ validation, and the loss-weighting strategies that make a codec an ICM codec.
 from icmlib.engine import TrainingDiverged, read_log
 from icmlib.training.codec import (CHECKPOINT_NAME, CODEC_NAME, TRAIN_LOG, VAL_LOG,
                                    CodecTraining, train_codec)
-from icmlib.training.recipe import (ALL_RATES, LOW_RATES, MSE_LOW_RATES, TRAIN_VERSION,
+from icmlib.training.recipe import (ALL_RATES, LOW_RATES, MSE_LOW_RATES, MSE_MID_RATES,
+                                    MSE_ONLY_RATES, TRAIN_VERSION,
                                     baseline_config, codec_config, codec_parent,
                                     default_steps, finishing_preset, has_rate, rate_points,
                                     recipe_rate, resolve_rate)
@@ -35,7 +36,8 @@ __all__ = [
     "codec_for", "codec_run", "codec_at_rate", "logs_at_rate", "baseline_run",
     "baseline_config", "finishing_preset", "codec_config", "codec_parent", "default_steps",
     "recipe_rate", "resolve_rate",
-    "rate_points", "has_rate", "ALL_RATES", "LOW_RATES", "MSE_LOW_RATES", "TRAIN_VERSION",
+    "rate_points", "has_rate", "ALL_RATES", "LOW_RATES", "MSE_LOW_RATES", "MSE_MID_RATES",
+    "MSE_ONLY_RATES", "TRAIN_VERSION",
     # the MSE codec from CompressAI's zoo (codec_zoo presets: gpu)
     "zoo_quality_for", "zoo_codec_config", "zoo_mse_checkpoint",
     # one training run

@@ -33,8 +33,14 @@ LOW_RATES = "low"
 #: ``rate_index`` of the MSE baseline's own lowest rates, ``preset.mse_low_rd_lambdas``
 #: (no ICM codec has them)
 MSE_LOW_RATES = "mse-low"
+#: ``rate_index`` of the MSE baseline's own rates between the low-rate codec's and
+#: ``rd_lambdas``' codec's, ``preset.mse_mid_rd_lambdas`` (no ICM codec has them)
+MSE_MID_RATES = "mse-mid"
+#: the MSE baseline's own rate codecs and the preset field that holds each one's λs
+MSE_ONLY_RATES = {MSE_LOW_RATES: "mse_low_rd_lambdas", MSE_MID_RATES: "mse_mid_rd_lambdas"}
 
-__all__ = ["TRAIN_VERSION", "ALL_RATES", "LOW_RATES", "MSE_LOW_RATES", "resolve_rate",
+__all__ = ["TRAIN_VERSION", "ALL_RATES", "LOW_RATES", "MSE_LOW_RATES", "MSE_MID_RATES",
+           "MSE_ONLY_RATES", "resolve_rate",
            "codec_parent", "default_steps", "recipe_rate", "codec_config", "rate_points",
            "has_rate", "baseline_config", "finishing_preset"]
 
@@ -47,8 +53,9 @@ def resolve_rate(preset: Preset, rate: Rate) -> Tuple[Optional[int], float]:
     An int (or a string of digits) is an index; a float (or a string with a ``.`` or an
     exponent) is λ itself, the weight of the MSE term in ``L = R + λ·255²·MSE``.
     ``"all"`` (:data:`ALL_RATES`) asks for a variable-rate codec: ``("all", [λ...])``;
-    ``"low"`` (:data:`LOW_RATES`) for the one of ``low_rd_lambdas``, ``"mse-low"``
-    (:data:`MSE_LOW_RATES`) for the MSE baseline's one of ``mse_low_rd_lambdas``.
+    ``"low"`` (:data:`LOW_RATES`) for the one of ``low_rd_lambdas``, ``"mse-low"`` and
+    ``"mse-mid"`` (:data:`MSE_ONLY_RATES`) for the MSE baseline's ones of
+    ``mse_low_rd_lambdas`` and ``mse_mid_rd_lambdas``.
     """
     if rate == ALL_RATES:
         return ALL_RATES, [float(l) for l in preset.rd_lambdas]
@@ -57,11 +64,12 @@ def resolve_rate(preset: Preset, rate: Rate) -> Tuple[Optional[int], float]:
             raise ValueError(f"preset {preset.name!r} has no low rate points "
                              f"(low_rd_lambdas on a variable_rate preset)")
         return LOW_RATES, [float(l) for l in preset.low_rd_lambdas]
-    if rate == MSE_LOW_RATES:
-        if not (preset.variable_rate and preset.mse_low_rd_lambdas):
-            raise ValueError(f"preset {preset.name!r} has no lowest rate points for the MSE "
-                             f"baseline (mse_low_rd_lambdas on a variable_rate preset)")
-        return MSE_LOW_RATES, [float(l) for l in preset.mse_low_rd_lambdas]
+    if isinstance(rate, str) and rate in MSE_ONLY_RATES:
+        field = MSE_ONLY_RATES[rate]
+        if not (preset.variable_rate and getattr(preset, field)):
+            raise ValueError(f"preset {preset.name!r} has no rate points {rate!r} for the MSE "
+                             f"baseline ({field} on a variable_rate preset)")
+        return rate, [float(l) for l in getattr(preset, field)]
     if isinstance(rate, str):
         text = rate.strip()
         try:
@@ -94,20 +102,21 @@ def codec_parent(preset: Union[Preset, str, None] = None, task: Optional[str] = 
     MSE codec (rate ``"all"``) -- starts from the one-rate MSE codec at the base rate; the
     base MSE codec (or every MSE codec when ``codec_base_rate = -1``) starts from random
     weights. With ``preset.codec_zoo`` no MSE codec has a parent: each is the zoo codec
-    trained with its λ (:mod:`icmlib.training.zoo`). The MSE baseline's lowest rates
-    (``"mse-low"``) start from the low-rate MSE codec, the nearest in rate.
+    trained with its λ (:mod:`icmlib.training.zoo`). The MSE baseline's own rates
+    (``"mse-low"``, ``"mse-mid"``) start from the low-rate MSE codec, the nearest in rate.
     """
     preset = get_preset(preset)
     index, lmbda = resolve_rate(preset, rate_index)
     rate = lmbda if index is None else index
-    if index == MSE_LOW_RATES and task is not None:
-        raise ValueError(f"rate {MSE_LOW_RATES!r} belongs to the MSE baseline only; ICM codecs "
+    mse_only = isinstance(index, str) and index in MSE_ONLY_RATES
+    if mse_only and task is not None:
+        raise ValueError(f"rate {index!r} belongs to the MSE baseline only; ICM codecs "
                          f"have the rates {ALL_RATES!r} and {LOW_RATES!r}")
     if task is not None:
         return (None, "mse", rate) if preset.icm_init_from_mse else None
     if preset.codec_zoo:
         return None
-    if index == MSE_LOW_RATES and preset.low_rd_lambdas:
+    if mse_only and preset.low_rd_lambdas:
         return (None, "mse", LOW_RATES)
     base = preset.codec_base_rate
     if base < 0 or index == base:
@@ -123,8 +132,8 @@ def default_steps(preset: Preset, task: Optional[str], parent, rate_index: Rate 
 
     The low-rate codec (:data:`LOW_RATES`) gets the same steps *per rate point* as the
     codec of ``rd_lambdas``: the rates take turns, so its share is scaled by its rates.
-    The MSE baseline's lowest rates (:data:`MSE_LOW_RATES`) get the whole fine-tuning
-    budget, ``codec_finetune_steps``: they lie farthest from where training began.
+    The MSE baseline's own rates (:data:`MSE_ONLY_RATES`) get the whole fine-tuning
+    budget, ``codec_finetune_steps``: they lie far from where training began.
     """
     if task is not None:
         steps = int(preset.icm_steps)
@@ -140,7 +149,7 @@ def default_steps(preset: Preset, task: Optional[str], parent, rate_index: Rate 
 def has_rate(task: Optional[str], codec_rate: Rate) -> bool:
     """Whether the codecs of ``task`` (None: the MSE baseline) have the rate ``codec_rate``
     of :func:`rate_points`: the MSE baseline's lowest rates have no ICM codec."""
-    return task is None or codec_rate != MSE_LOW_RATES
+    return task is None or not (isinstance(codec_rate, str) and codec_rate in MSE_ONLY_RATES)
 
 
 def rate_points(preset: Union[Preset, str, None] = None) -> List[Tuple[Rate, int, float]]:
@@ -148,17 +157,20 @@ def rate_points(preset: Union[Preset, str, None] = None) -> List[Tuple[Rate, int
     that codec, λ)``. A variable-rate preset has the codec ``"all"`` (``rd_lambdas``) and,
     with ``low_rd_lambdas``, the codec ``"low"``; otherwise one codec per rate index.
     With ``mse_low_rd_lambdas`` the MSE baseline has the lowest points of its own
-    (``"mse-low"``; :func:`has_rate`), so that its curve reaches the ICM codecs' rates."""
+    (``"mse-low"``; :func:`has_rate`), so that its curve reaches the ICM codecs' rates,
+    and with ``mse_mid_rd_lambdas`` points between its low-rate and ``rd_lambdas`` codecs
+    (``"mse-mid"``), where the ICM codecs' middle rates lie."""
     preset = get_preset(preset)
     if not preset.variable_rate:
         return [(i, 0, float(l)) for i, l in enumerate(preset.rd_lambdas)]
     points = [(ALL_RATES, i, float(l)) for i, l in enumerate(preset.rd_lambdas)]
     points += [(LOW_RATES, j, float(l)) for j, l in enumerate(preset.low_rd_lambdas)]
-    points += [(MSE_LOW_RATES, j, float(l)) for j, l in enumerate(preset.mse_low_rd_lambdas)]
+    for rate, field in MSE_ONLY_RATES.items():
+        points += [(rate, j, float(l)) for j, l in enumerate(getattr(preset, field))]
     lambdas = [p[2] for p in points]
     if len(set(lambdas)) != len(lambdas):
-        raise ValueError(f"preset {preset.name!r}: low_rd_lambdas or mse_low_rd_lambdas repeat "
-                         f"a λ of the other rates")
+        raise ValueError(f"preset {preset.name!r}: low_rd_lambdas, mse_low_rd_lambdas or "
+                         f"mse_mid_rd_lambdas repeat a λ of the other rates")
     return sorted(points, key=lambda p: p[2])
 
 
