@@ -215,8 +215,9 @@ def promote(staged: Path, preset, *, directory: Optional[Path] = None) -> list:
     """Move a staged retrain (``ship_from_cache(..., skip_shipped=True)`` into ``staged``)
     into the shipped set, entries as they were staged, then take out every codec of the
     reproduction's tasks that ``preset``'s reproduction no longer loads (the old recipe's).
-    Refuses, changing nothing, while the reproduction still lacks a checkpoint or does not
-    load one that is staged (the preset does not take the new recipe yet)."""
+    Refuses, changing nothing, while the reproduction still lacks a checkpoint, does not
+    load one that is staged (the preset does not take the new recipe yet), or a staged
+    file does not have its entry's sha256."""
     directory = Path(directory or shipped_dir())
     staged_entries = read_manifest(staged)["entries"]
     shipped_entries = read_manifest(directory)["entries"]
@@ -230,6 +231,11 @@ def promote(staged: Path, preset, *, directory: Optional[Path] = None) -> list:
     if unused:
         raise ValueError(f"not promoting {staged}: the reproduction of preset {name!r} does not "
                          f"load {', '.join(unused)} (does the preset take the new recipe yet?)")
+    corrupted = sorted(n for n, e in staged_entries.items()
+                       if not (staged / e["file"]).is_file() or sha256_of(staged / e["file"]) != e["sha256"])
+    if corrupted:
+        raise ValueError(f"not promoting {staged}: {', '.join(corrupted)} missing or not the "
+                         f"file its staged entry describes (sha256)")
     done = []
     for name, entry in staged_entries.items():
         os.replace(staged / entry["file"], directory / entry["file"])

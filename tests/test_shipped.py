@@ -220,6 +220,12 @@ def test_a_retrain_is_staged_beside_the_shipped_set_then_promoted(tmp_path, monk
         ship.promote(staged, old)  # promoted, the staged codec would be taken out at once
     wanted = [("codec", codec_config(new, None, "mse", 0))]
     monkeypatch.setattr(ship, "reproduction_checkpoints", lambda preset: wanted)
+    staged_file = staged / f"codec-{new_key}.pt"
+    good = staged_file.read_bytes()
+    staged_file.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(ValueError, match="sha256"):
+        ship.promote(staged, new)
+    staged_file.write_bytes(good)
     done = {key: s for _, key, s in ship.promote(staged, new)}
     assert done[new_key].startswith("promoted") and done[old_icm["key"]].startswith("taken out")
     entries = shipped.read_manifest()["entries"]
