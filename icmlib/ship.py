@@ -297,6 +297,10 @@ def main(argv=None) -> int:
         preset = get_preset(args.preset).replace(**dict(map(_preset_override, args.replace)))
     except (ValueError, TypeError) as e:
         parser.error(str(e))
+    if args.promote and args.replace:
+        parser.error("--promote reads the preset as icmlib/presets.py defines it (what the book "
+                     "and `icm reproduce` will load): give the preset the new recipe there, "
+                     "not with --replace")
     if args.promote:
         try:
             done = promote(args.promote, preset)

@@ -245,3 +245,6 @@ def test_ship_refuses_a_malformed_replace(capsys):
     with pytest.raises(SystemExit):
         ship.main(["--replace", "no_such_field=3", "--trained-at", "x"])
     assert "unknown preset field" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ship.main(["--replace", "icm_steps=6000", "--promote", "somewhere"])
+    assert "presets.py" in capsys.readouterr().err
