@@ -1,0 +1,70 @@
+"""A staged retrain of the reproduction's codecs: a recipe change that takes hours on 2 cores.
+
+Trains, one at a time, every codec the reproduction of the changed recipe loads that neither
+the shipped set nor the staging folder holds yet, and stages each as it completes
+(``python -m icmlib.ship --into``), so a session that ends mid-way loses at most the codec
+in training (its resumable checkpoint stays in ``$ICM_CACHE``) and the next session, on any
+machine, goes on from the staged files. The book keeps reading the shipped set meanwhile;
+once nothing is missing, give the preset the recipe and ``python -m icmlib.ship --promote``.
+
+    ICM_CACHE=.cache/book python benchmarks/retrain.py --replace icm_steps=6000 \\
+        --replace "mse_mid_rd_lambdas=(0.003, 0.008)" [--dry-run]
+
+The MSE baseline's codecs come first (minutes each), then the ICM codecs, detection first.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from icmlib.cache import config_key
+from icmlib.evaluation import REPRO_TASKS, git_commit
+from icmlib.presets import get_preset
+from icmlib.ship import _preset_override, ship_from_cache
+from icmlib.shipped import SHIPPED_DIR, entry_name, read_manifest
+from icmlib.training import (baseline_config, baseline_run, codec_config, codec_run, has_rate,
+                             rate_points)
+
+STAGED = SHIPPED_DIR.parent / "next"
+
+
+def plan(preset):
+    """``[(label, config, train)]``: every codec of the reproduction, baselines first."""
+    rates = sorted({rate for rate, _, _ in rate_points(preset)}, key=str)
+    items = [(f"MSE baseline {r}", baseline_config(preset, r),
+              lambda r=r: baseline_run(preset, r, progress=False)) for r in rates]
+    for task in REPRO_TASKS:
+        for strategy in preset.repro_strategies:
+            items += [(f"ICM {task} {strategy} {r}", codec_config(preset, task, strategy, r),
+                       lambda t=task, s=strategy, r=r: codec_run(preset, t, s, r, progress=False))
+                      for r in rates if has_rate(task, r)]
+    return items
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--replace", action="append", default=[], metavar="FIELD=VALUE",
+                        help="the recipe change, as for python -m icmlib.ship (repeatable)")
+    parser.add_argument("--into", type=Path, default=STAGED, help=f"staging folder ({STAGED})")
+    parser.add_argument("--dry-run", action="store_true", help="list what is missing, train nothing")
+    args = parser.parse_args(argv)
+    preset = get_preset(args.preset).replace(**dict(map(_preset_override, args.replace)))
+    held = set(read_manifest()["entries"]) | set(read_manifest(args.into)["entries"])
+    todo = [(label, train) for label, config, train in plan(preset)
+            if entry_name("codec", config_key(config)) not in held]
+    print(f"{len(todo)} codec(s) to train: " + "; ".join(label for label, _ in todo))
+    if args.dry_run:
+        return 0
+    for label, train in todo:
+        t0 = time.time()
+        train()
+        ship_from_cache(preset, git_commit(), directory=args.into, skip_shipped=True)
+        print(f"{time.strftime('%H:%M:%S')} {label}: trained and staged in "
+              f"{(time.time() - t0) / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
