@@ -1,11 +1,12 @@
 """Twice the ICM steps? (data/results/cpu/icm_steps.*)
 
-Each ICM codec of the retrain in progress (``icm_steps`` = 6000, staged in
-``icmlib/weights/next`` by ``benchmarks/retrain.py``) against the shipped one of the same
-recipe at 3000 steps, both measured on the same validation images (recipes are chosen on
-validation data; the test split chooses nothing): real bpp from the coded bytes, PSNR, and
-the mAP of the frozen task network on the decoded images at every rate point. Codecs not
-staged yet are left out; run it again as the retrain goes on.
+ICM codecs trained for ``icm_steps`` = 6000 (``icmlib/weights/study-icm-steps-6000``, staged
+there by ``benchmarks/retrain.py --replace icm_steps=6000 --into …``) against the shipped
+ones of the same recipe at 3000 steps, both measured on the same validation images
+(recipes are chosen on validation data; the test split chooses nothing): real bpp from the
+coded bytes, PSNR, and the mAP of the frozen task network on the decoded images at every
+rate point, and the BD-rate of 6000 steps against 3000 on those points. Codecs with no
+6000-step version there are left out.
 
     ICM_CACHE=.cache/book python benchmarks/icm_steps_study.py
 """
@@ -13,6 +14,7 @@ from study import header, run_study
 
 from icmlib.data import dataset_for
 from icmlib.evaluation import REPRO_TASKS
+from icmlib.evaluation.bdrate import BDRateError, bd_rate
 from icmlib.presets import get_preset
 from icmlib.shipped import SHIPPED_DIR, load_shipped
 from icmlib.tasks import FrozenTask, task_network
@@ -21,7 +23,7 @@ from icmlib.training.validation import validate_codec
 
 IMAGES = 64
 STEPS = (3000, 6000)
-STAGED = SHIPPED_DIR.parent / "next"
+STAGED = SHIPPED_DIR.parent / "study-icm-steps-6000"
 COMMAND = "ICM_CACHE=.cache/book python benchmarks/icm_steps_study.py"
 
 
@@ -57,9 +59,24 @@ def measure(preset):
     return rows
 
 
+def bd_rates(rows):
+    """``{codec: BD-rate of 6000 steps against 3000}`` on the validation points (%)."""
+    a, b = STEPS
+    out = {}
+    for name in dict.fromkeys(f"{r['task']} {r['strategy']} {r['codec']}" for r in rows):
+        mine = [r for r in rows if f"{r['task']} {r['strategy']} {r['codec']}" == name]
+        try:
+            out[name] = bd_rate([(r[a]["bpp"], r[a]["map"]) for r in mine],
+                                [(r[b]["bpp"], r[b]["map"]) for r in mine])
+        except BDRateError as e:
+            out[name] = f"n/a ({e})"
+    return out
+
+
 def markdown(rows, meta):
     a, b = STEPS
-    lines = header(f"ICM steps: {a} (shipped) against {b} (the retrain), same recipe otherwise", meta,
+    rows = [{**r, a: r.get(a, r.get(str(a))), b: r.get(b, r.get(str(b)))} for r in rows]  # json keys
+    lines = header(f"ICM steps: {a} (shipped) against {b}, same recipe otherwise", meta,
                    f"{IMAGES} validation images; mAP@[.5:.95] of the frozen task network on the "
                    f"decoded images (box for detection, mask for instance)")
     lines += [f"| codec | rate point | {a}: bpp | mAP | PSNR | {b}: bpp | mAP | PSNR | Δ bpp | Δ mAP |",
@@ -70,6 +87,10 @@ def markdown(rows, meta):
                      f"{x['bpp']:.3f} | {x['map']:.3f} | {x['psnr']:.2f} | {y['bpp']:.3f} | "
                      f"{y['map']:.3f} | {y['psnr']:.2f} | {100 * (y['bpp'] / x['bpp'] - 1):+.0f} % | "
                      f"{y['map'] - x['map']:+.3f} |")
+    lines += ["", f"BD-rate of {b} steps against {a} at equal mAP on these points (negative: "
+              f"{b} steps need fewer bits):", ""]
+    lines += [f"- {name}: " + (f"{v:+.1f} %" if isinstance(v, float) else v)
+              for name, v in bd_rates(rows).items()]
     return "\n".join(lines) + "\n"
 
 

@@ -7,8 +7,9 @@ in training (its resumable checkpoint stays in ``$ICM_CACHE``) and the next sess
 machine, goes on from the staged files. The book keeps reading the shipped set meanwhile;
 once nothing is missing, give the preset the recipe and ``python -m icmlib.ship --promote``.
 
-    ICM_CACHE=.cache/book python benchmarks/retrain.py --replace icm_steps=6000 \\
-        --replace "mse_mid_rd_lambdas=(0.003, 0.008)" [--dry-run]
+    ICM_CACHE=.cache/book python benchmarks/retrain.py --replace icm_steps=6000 [--dry-run]
+
+(the 6000-step ICM codecs of ``benchmarks/icm_steps_study.py`` were staged this way).
 
 The MSE baseline's codecs come first (minutes each), then the ICM codecs, detection first.
 """
