@@ -80,7 +80,8 @@ class Preset:
     # variable_rate only: the MSE baseline's own points between the low-rate codec's and
     # rd_lambdas' codec's rates (rate "mse-mid", a variable-rate MSE codec from the low-rate
     # one), where the ICM codecs' middle rates lie: without them the baseline's curve is
-    # interpolated across that gap. No ICM codec has them.
+    # interpolated across that gap. No ICM codec has them. Like mse_low_rd_lambdas, as many
+    # λ as low_rd_lambdas: the codec starts from the low-rate one, gain vector for gain vector.
     mse_mid_rd_lambdas: Tuple[float, ...] = ()
     # The MSE baseline a reproduction reports (icmlib.training.baseline_run): each MSE codec
     # above, fine-tuned for mse_finish_steps on the ICM codecs' crops (icm_crop_size,

@@ -304,18 +304,18 @@ def test_the_mse_baselines_own_lowest_rates():
 
     low = ci(variable_rate=True, codec_finetune_steps=8, icm_steps=12, codec_base_rate=1,
              low_rd_lambdas=(0.0005, 0.001))
-    both = low.replace(mse_low_rd_lambdas=(0.0001,))
+    both = low.replace(mse_low_rd_lambdas=(0.0001, 0.0002))  # as many as the low-rate codec
     with pytest.raises(ValueError, match="no rate points 'mse-low'"):
         resolve_rate(low, MSE_LOW_RATES)
     lowest = codec_config(both, None, "mse", MSE_LOW_RATES)
     assert lowest["init_from"] == codec_config(low, None, "mse", "low")
-    assert lowest["steps"] == 8 and lowest["lambda"] == [0.0001]
+    assert lowest["steps"] == 8 and lowest["lambda"] == [0.0001, 0.0002]
     for task, strategy, rate in [(None, "mse", "low"), (None, "mse", 0),
                                  ("detection", "fixed", "low"), ("instance", "dynamic", 2)]:
         assert codec_config(both, task, strategy, rate) == codec_config(low, task, strategy, rate)
     with pytest.raises(ValueError, match="MSE baseline only"):
         codec_config(both, "detection", "fixed", MSE_LOW_RATES)
-    assert rate_points(both) == [(MSE_LOW_RATES, 0, 0.0001)] + rate_points(low)
+    assert rate_points(both) == [(MSE_LOW_RATES, 0, 0.0001), (MSE_LOW_RATES, 1, 0.0002)] + rate_points(low)
     assert has_rate(None, MSE_LOW_RATES) and not has_rate("detection", MSE_LOW_RATES)
     assert has_rate("detection", "low") and has_rate("detection", "all")
     added = [c for c in reproduction_checkpoints(both) if c not in reproduction_checkpoints(low)]
@@ -331,24 +331,27 @@ def test_the_mse_baselines_own_middle_rates():
                                  rate_points, resolve_rate)
 
     low = ci(variable_rate=True, codec_finetune_steps=8, icm_steps=12, codec_base_rate=1,
-             low_rd_lambdas=(0.0005, 0.001), mse_low_rd_lambdas=(0.0001,))
-    mid = low.replace(mse_mid_rd_lambdas=(0.002,))
+             low_rd_lambdas=(0.0005, 0.001), mse_low_rd_lambdas=(0.0001, 0.0002))
+    mid = low.replace(mse_mid_rd_lambdas=(0.002, 0.003))
     with pytest.raises(ValueError, match="no rate points 'mse-mid'"):
         resolve_rate(low, MSE_MID_RATES)
     middle = codec_config(mid, None, "mse", MSE_MID_RATES)
     assert middle["init_from"] == codec_config(low, None, "mse", "low")
-    assert middle["steps"] == 8 and middle["lambda"] == [0.002]
+    assert middle["steps"] == 8 and middle["lambda"] == [0.002, 0.003]
     assert middle != codec_config(mid, None, "mse", MSE_LOW_RATES)
     with pytest.raises(ValueError, match="MSE baseline only"):
         codec_config(mid, "instance", "auto", MSE_MID_RATES)
     points = rate_points(mid)
-    assert [p[0] for p in points] == [MSE_LOW_RATES, "low", "low", MSE_MID_RATES] + ["all"] * 4
-    assert points[3] == (MSE_MID_RATES, 0, 0.002)
+    assert [p[0] for p in points] == [MSE_LOW_RATES] * 2 + ["low"] * 2 + [MSE_MID_RATES] * 2 + ["all"] * 4
+    assert points[4:6] == [(MSE_MID_RATES, 0, 0.002), (MSE_MID_RATES, 1, 0.003)]
     assert has_rate(None, MSE_MID_RATES) and not has_rate("detection", MSE_MID_RATES)
     added = [c for c in reproduction_checkpoints(mid) if c not in reproduction_checkpoints(low)]
     assert added == [("codec", middle)]
     with pytest.raises(ValueError, match="repeat a λ"):
-        rate_points(mid.replace(mse_mid_rd_lambdas=(0.001,)))
+        rate_points(mid.replace(mse_mid_rd_lambdas=(0.001, 0.003)))
+    with pytest.raises(ValueError, match="has 3 λ, but .* has 2 .*give it as many"):
+        codec_config(mid.replace(mse_mid_rd_lambdas=(0.002, 0.0025, 0.003)), None, "mse",
+                     MSE_MID_RATES)
 
 
 def test_the_reported_mse_baseline_ends_on_the_icm_codecs_crops(monkeypatch):

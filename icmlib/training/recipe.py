@@ -117,6 +117,10 @@ def codec_parent(preset: Union[Preset, str, None] = None, task: Optional[str] = 
     if preset.codec_zoo:
         return None
     if mse_only and preset.low_rd_lambdas:
+        if len(lmbda) != len(preset.low_rd_lambdas):  # gain vectors are copied one for one
+            raise ValueError(f"{MSE_ONLY_RATES[index]} has {len(lmbda)} λ, but its codec starts "
+                             f"from the low-rate MSE codec, which has {len(preset.low_rd_lambdas)} "
+                             f"(low_rd_lambdas): give it as many")
         return (None, "mse", LOW_RATES)
     base = preset.codec_base_rate
     if base < 0 or index == base:
