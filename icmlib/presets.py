@@ -237,8 +237,21 @@ PRESETS = {
         # 0.049 bpp, 20.8 dB); 1000 steps at the ICM codecs' batch of 4 give 0.018 bpp /
         # 20.7 dB and 0.027 / 22.0, MSE-low 0.043 / 22.8 (from about 0.13 bpp), and the
         # λ = 0.025 point 0.61 bpp / 25.7 dB (from 0.73 / 25.7). 4.5-5.3 min per codec.
+        # mse_mid_rd_lambdas: the baseline's finished points jumped from 0.062 bpp (low codec,
+        # λ 0.0013) to 0.295 (rd_lambdas' codec, λ 0.0035) on validation images, where the
+        # ICM codecs have points at 0.08-0.17. λ does not carry over between codecs trained
+        # from different parents (a pair's rate also jumped at the learning-rate drop), so
+        # three pairs were tried, each 4000 steps from the low codec and finished, and the
+        # one leaving the smallest gap (log2 of the bpp ratio) between 0.062 and 0.295 kept:
+        # (0.0017, 0.0025) gave 0.081 / 0.103 bpp (23.4 / 23.6 dB), largest gap 1.52;
+        # (0.003, 0.008) 0.215 / 0.325 (24.3 / 24.8 dB), 1.79; (0.0025, 0.005) 0.151 / 0.218
+        # (23.9 / 24.3 dB), 1.28. About 14 min per pair.
+        # icm_steps: 6000 was measured against these 3000 for two ICM codecs (validation
+        # images, benchmarks/icm_steps_study.py): BD-rate -28.7 % (detection, dynamic) and
+        # +38.6 % (detection, auto), no consistent gain, so the codecs keep 3000.
         lr=1e-3, rd_lambdas=(0.0035, 0.0093, 0.025, 0.067), low_rd_lambdas=(0.0005, 0.0013),
-        mse_low_rd_lambdas=(0.00005, 0.0002), mse_finish_steps=1000,
+        mse_low_rd_lambdas=(0.00005, 0.0002), mse_mid_rd_lambdas=(0.0025, 0.005),
+        mse_finish_steps=1000,
         codec_steps=20000, codec_base_rate=2, variable_rate=True,
         codec_finetune_steps=4000, icm_steps=3000,
         val_every=1000, icm_val_every=500,
