@@ -22,7 +22,7 @@ from pathlib import Path
 from icmlib.cache import config_key
 from icmlib.evaluation import REPRO_TASKS, git_commit
 from icmlib.presets import get_preset
-from icmlib.ship import _preset_override, ship_from_cache
+from icmlib.ship import preset_override, ship_from_cache
 from icmlib.shipped import SHIPPED_DIR, entry_name, read_manifest
 from icmlib.training import (baseline_config, baseline_run, codec_config, codec_run, has_rate,
                              rate_points)
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     parser.add_argument("--into", type=Path, default=STAGED, help=f"staging folder ({STAGED})")
     parser.add_argument("--dry-run", action="store_true", help="list what is missing, train nothing")
     args = parser.parse_args(argv)
-    preset = get_preset(args.preset).replace(**dict(map(_preset_override, args.replace)))
+    preset = get_preset(args.preset).replace(**dict(map(preset_override, args.replace)))
     held = set(read_manifest()["entries"]) | set(read_manifest(args.into)["entries"])
     todo = [(label, train) for label, config, train in plan(preset)
             if entry_name("codec", config_key(config)) not in held]

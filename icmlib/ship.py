@@ -254,7 +254,7 @@ def promote(staged: Path, preset, *, directory: Optional[Path] = None) -> list:
     return done
 
 
-def _preset_override(text: str):
+def preset_override(text: str):
     """``FIELD=VALUE`` of ``--replace`` as (field, value): the value is a Python literal
     (``icm_steps=6000``, ``rd_lambdas=(0.002, 0.01)``) or, failing that, a string."""
     field, sep, value = text.partition("=")
@@ -294,7 +294,7 @@ def main(argv=None) -> int:
                              "(--trained-at is not needed)")
     args = parser.parse_args(argv)
     try:
-        preset = get_preset(args.preset).replace(**dict(map(_preset_override, args.replace)))
+        preset = get_preset(args.preset).replace(**dict(map(preset_override, args.replace)))
     except (ValueError, TypeError) as e:
         parser.error(str(e))
     if args.promote and args.replace:
