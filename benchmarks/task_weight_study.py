@@ -10,8 +10,10 @@ every rate point, and the BD-rate of the new codec against the shipped one.
 
     ICM_CACHE=.cache/book python benchmarks/task_weight_study.py
 
-The new codec trains into ``$ICM_CACHE/runs/codec/<key>`` (resumable; about 25 min on 2
-threads) unless it is there already.
+The new codec trains into ``$ICM_CACHE/runs/study/task-weight-<τ>`` (resumable; about 25
+min on 2 threads) unless it is there already. It starts from the shipped MSE codec by hand:
+through the recipe, a changed ``icm_task_weight`` would change the MSE codecs' keys too
+(their configuration carries the ICM settings) and retrain them from scratch.
 """
 from study import header, run_study
 
@@ -19,7 +21,8 @@ from icmlib.data import dataset_for
 from icmlib.evaluation.bdrate import BDRateError, bd_rate
 from icmlib.presets import get_preset
 from icmlib.tasks import FrozenTask, task_network
-from icmlib.training import codec_at_rate, codec_run
+from icmlib.cache import cache_dir
+from icmlib.training import codec_at_rate, codec_run, train_codec
 from icmlib.training.validation import validate_codec
 
 IMAGES = 64
@@ -28,12 +31,23 @@ WEIGHTS = (100.0, 300.0)  # icm_task_weight: the shipped codec's, and three time
 COMMAND = "ICM_CACHE=.cache/book python benchmarks/task_weight_study.py"
 
 
+def codec_with(preset, tau):
+    """The shipped ICM codec (τ as shipped), or one trained here with τ from the same MSE codec."""
+    if tau == preset.icm_task_weight:
+        return codec_run(preset, TASK, STRATEGY, "all", progress=False)
+    start = codec_run(preset, None, "mse", "all", progress=False)  # the shipped ICM codecs' parent
+    init = {k: start[k] for k in ("format", "config", "state_dict", "meta")}
+    return train_codec(preset.replace(icm_task_weight=tau, train_threads=2), TASK, STRATEGY, "all",
+                       steps=preset.icm_steps, init_from=init, resume=True, progress=False,
+                       out_dir=cache_dir("runs", "study", f"task-weight-{tau:g}"))
+
+
 def measure(preset):
     val = dataset_for(preset, "val", train=False)
     frozen = FrozenTask(task_network(TASK, preset, progress=False), TASK)
     rows = []
     for tau in WEIGHTS:
-        ckpt = codec_run(preset.replace(icm_task_weight=tau), TASK, STRATEGY, "all", progress=False)
+        ckpt = codec_with(preset, tau)
         for point in range(len(preset.rd_lambdas)):
             m = validate_codec(codec_at_rate(ckpt, point), val, IMAGES, frozen, TASK)
             rows.append({"tau": tau, "point": point, "bpp": m["bpp"], "psnr": m["psnr"],
