@@ -222,14 +222,14 @@ def promote(staged: Path, preset, *, directory: Optional[Path] = None) -> list:
     staged_entries = read_manifest(staged)["entries"]
     shipped_entries = read_manifest(directory)["entries"]
     wanted = {entry_name(kind, config_key(config)) for kind, config in reproduction_checkpoints(preset)}
-    name = getattr(preset, "name", preset)
+    preset_name = getattr(preset, "name", preset)
     missing = sorted(wanted - set(staged_entries) - set(shipped_entries))
     if missing:
-        raise ValueError(f"not promoting {staged}: the reproduction of preset {name!r} still "
+        raise ValueError(f"not promoting {staged}: the reproduction of preset {preset_name!r} still "
                          f"lacks {', '.join(missing)}")
     unused = sorted(set(staged_entries) - wanted)
     if unused:
-        raise ValueError(f"not promoting {staged}: the reproduction of preset {name!r} does not "
+        raise ValueError(f"not promoting {staged}: the reproduction of preset {preset_name!r} does not "
                          f"load {', '.join(unused)} (does the preset take the new recipe yet?)")
     corrupted = sorted(n for n, e in staged_entries.items()
                        if not (staged / e["file"]).is_file() or sha256_of(staged / e["file"]) != e["sha256"])
