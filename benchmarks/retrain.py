@@ -20,26 +20,29 @@ import time
 from pathlib import Path
 
 from icmlib.cache import config_key
-from icmlib.evaluation import REPRO_TASKS, git_commit
+from icmlib.evaluation import git_commit
 from icmlib.presets import get_preset
-from icmlib.ship import preset_override, ship_from_cache
+from icmlib.ship import preset_override, reproduction_checkpoints, ship_from_cache
 from icmlib.shipped import SHIPPED_DIR, entry_name, read_manifest
-from icmlib.training import (baseline_config, baseline_run, codec_config, codec_run, has_rate,
-                             rate_points)
+from icmlib.training import baseline_run, codec_run
 
 STAGED = SHIPPED_DIR.parent / "next"
 
 
 def plan(preset):
-    """``[(label, config, train)]``: every codec of the reproduction, baselines first."""
-    rates = sorted({rate for rate, _, _ in rate_points(preset)}, key=str)
-    items = [(f"MSE baseline {r}", baseline_config(preset, r),
-              lambda r=r: baseline_run(preset, r, progress=False)) for r in rates]
-    for task in REPRO_TASKS:
-        for strategy in preset.repro_strategies:
-            items += [(f"ICM {task} {strategy} {r}", codec_config(preset, task, strategy, r),
-                       lambda t=task, s=strategy, r=r: codec_run(preset, t, s, r, progress=False))
-                      for r in rates if has_rate(task, r)]
+    """``[(label, config, train)]``: every codec the reproduction loads
+    (:func:`icmlib.ship.reproduction_checkpoints`, baselines first)."""
+    items = []
+    for kind, config in reproduction_checkpoints(preset):
+        if kind != "codec":
+            continue  # the task networks: trained by `icm train-task`, not here
+        task, strategy, rate = config["task"], config["strategy"], config["rate_index"]
+        if task is None:
+            items.append((f"MSE baseline {rate}", config,
+                          lambda r=rate: baseline_run(preset, r, progress=False)))
+        else:
+            items.append((f"ICM {task} {strategy} {rate}", config,
+                          lambda t=task, s=strategy, r=rate: codec_run(preset, t, s, r, progress=False)))
     return items
 
 
