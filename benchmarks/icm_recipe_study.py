@@ -1,0 +1,111 @@
+"""Which ICM loss recipe spends fewer bits? (data/results/cpu/icm_recipe_study.*)
+
+At low rates the ICM codecs and the MSE baseline nearly meet (README, the reproduction).
+An ICM codec's loss is R + λ·(μ·MSE + τ·task) (``icm_mse_weight`` μ = 0.1 and
+``icm_task_weight`` τ = 100 in the cpu recipe). This study trains the detection codec with
+fixed weighting (the strategy where τ and μ scale the terms directly) once per variant,
+each from the same shipped MSE codec and for the same steps as the shipped ICM codec, and
+measures all of them on the same validation images (recipes are chosen on validation data;
+the test split chooses nothing): real bpp, PSNR and box mAP at every rate point, and the
+BD-rate of each variant against the shipped codec.
+
+    ICM_CACHE=.cache/book python benchmarks/icm_recipe_study.py [FIELD=VALUE ...]
+
+Each FIELD=VALUE is one variant (default: the variants below). A variant's codec trains
+into ``$ICM_CACHE/runs/study/<field>-<value>`` (resumable; about 21 min on 2 threads)
+unless it is there already. It starts from the shipped MSE codec by hand, so that the
+study never retrains an MSE codec whatever the recipe's keys hold.
+"""
+import sys
+
+from study import header, run_study
+
+from icmlib.cache import cache_dir
+from icmlib.data import dataset_for
+from icmlib.evaluation.bdrate import BDRateError, bd_rate
+from icmlib.presets import get_preset
+from icmlib.ship import preset_override
+from icmlib.tasks import FrozenTask, task_network
+from icmlib.training import codec_at_rate, codec_run, train_codec
+from icmlib.training.validation import validate_codec
+
+IMAGES = 64
+TASK, STRATEGY = "detection", "fixed"
+# τ three times larger and smaller than shipped; μ = 0 (no pixel term at all) and a third
+VARIANTS = ("icm_task_weight=300", "icm_task_weight=30", "icm_mse_weight=0",
+            "icm_mse_weight=0.03")
+COMMAND = "ICM_CACHE=.cache/book python benchmarks/icm_recipe_study.py"
+SHIPPED = "shipped"
+
+
+def run_name(field, value):
+    """The variant's run folder: ``icm_task_weight=300`` → ``task-weight-300``."""
+    return f"{field.removeprefix('icm_').replace('_', '-')}-{value:g}"
+
+
+def codec_with(preset, field, value):
+    """The ICM codec trained here with ``field = value`` from the shipped ICM codec's parent."""
+    start = codec_run(preset, None, "mse", "all", progress=False)
+    init = {k: start[k] for k in ("format", "config", "state_dict", "meta")}
+    return train_codec(preset.replace(**{field: value}, train_threads=2), TASK, STRATEGY, "all",
+                       steps=preset.icm_steps, init_from=init, resume=True, progress=False,
+                       out_dir=cache_dir("runs", "study", run_name(field, value)))
+
+
+def measure(preset, variants):
+    val = dataset_for(preset, "val", train=False)
+    frozen = FrozenTask(task_network(TASK, preset, progress=False), TASK)
+    codecs = {SHIPPED: lambda: codec_run(preset, TASK, STRATEGY, "all", progress=False)}
+    for text in variants:
+        field, value = preset_override(text)
+        if isinstance(getattr(preset, field, None), float):
+            value = float(value)  # τ = 300 and 300.0 are one recipe, with one key
+        preset.replace(**{field: value})  # an unknown field is refused before any training
+        codecs[f"{field}={value:g}"] = lambda f=field, v=value: codec_with(preset, f, v)
+    rows = []
+    for variant, load in codecs.items():
+        ckpt = load()
+        for point in range(len(preset.rd_lambdas)):
+            m = validate_codec(codec_at_rate(ckpt, point), val, IMAGES, frozen, TASK)
+            rows.append({"variant": variant, "point": point, "bpp": m["bpp"],
+                         "psnr": m["psnr"], "map": m["task_score"]})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def bd_rate_against_shipped(rows, variant):
+    curve = lambda name: [(r["bpp"], r["map"]) for r in rows if r["variant"] == name]
+    try:
+        return f"{bd_rate(curve(SHIPPED), curve(variant)):+.1f} %"
+    except BDRateError as e:
+        return f"n/a ({e})"
+
+
+def markdown(rows, meta):
+    preset = get_preset("cpu")
+    lines = header(f"ICM loss recipe variants, detection, fixed weighting (shipped: "
+                   f"τ = {preset.icm_task_weight:g}, μ = {preset.icm_mse_weight:g})", meta,
+                   f"{IMAGES} validation images; box mAP@[.5:.95] of the frozen detector on "
+                   f"the decoded images; every codec {preset.icm_steps} steps from the "
+                   f"same MSE codec")
+    lines += ["| variant | rate point | bpp | PSNR | box mAP |", "|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['point']} | {r['bpp']:.3f} | {r['psnr']:.2f} | "
+              f"{r['map']:.3f} |" for r in rows]
+    variants = [v for v in dict.fromkeys(r["variant"] for r in rows) if v != SHIPPED]
+    lines += ["", "BD-rate against the shipped codec at equal box mAP (negative: fewer bits):", ""]
+    lines += [f"- {v}: {bd_rate_against_shipped(rows, v)}" for v in variants]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    variants = (sys.argv[1:] if argv is None else argv) or VARIANTS
+    if any(a in ("-h", "--help") for a in variants):
+        print(__doc__)
+        return
+    command = " ".join([COMMAND, *variants]) if variants != VARIANTS else COMMAND
+    run_study("icm_recipe_study", command, 2,
+              lambda: measure(get_preset("cpu"), variants), markdown)
+
+
+if __name__ == "__main__":
+    main()
