@@ -13,8 +13,8 @@ BD-rate of each variant against the shipped codec.
 
 Each FIELD=VALUE is one variant (default: the variants below). A variant's codec trains
 into ``$ICM_CACHE/runs/study/<field>-<value>`` (resumable; about 21 min on 2 threads)
-unless it is there already. It starts from the shipped MSE codec by hand, so that the
-study never retrains an MSE codec whatever the recipe's keys hold.
+unless it is there already. It starts from the shipped MSE codec, the shipped ICM
+codec's parent (an ICM setting does not change an MSE codec's key).
 """
 import sys
 

@@ -29,10 +29,11 @@ from icmlib.cache import atomic_save, atomic_write_text, cache_dir, checkpoint_p
 from icmlib.codec import CHECKPOINT_FORMAT
 from icmlib.codec.model import CDF_BUFFERS
 from icmlib.evaluation import REPRO_TASKS, cpu_model, git_commit
-from icmlib.shipped import (MANIFEST_NAME, map_tensors, entry_name, read_manifest, sha256_of,
-                            shipped_dir, shipped_summary)
+from icmlib.shipped import (MANIFEST_FORMAT, MANIFEST_NAME, entry_name, map_tensors,
+                            read_manifest, sha256_of, shipped_dir, shipped_summary)
 from icmlib.tasks import task_config
 from icmlib.training import baseline_config, codec_config, has_rate, rate_points
+from icmlib.training.recipe import without_unused_fields
 
 #: training-log rows kept per shipped codec (the validation log is kept whole)
 TRAIN_LOG_ROWS = 400
@@ -99,22 +100,28 @@ def ship(kind: str, config: Mapping[str, Any], obj: Any, *, command: str, traine
              "shipped_at": git_commit(), "steps": steps, "wall_seconds": wall_seconds,
              "hardware": hardware or cpu_model(),
              "config": json.loads(json.dumps(dict(config), default=str))}
-    doc = read_manifest(directory)
-    doc["entries"][entry_name(kind, key)] = entry
-    doc["entries"] = dict(sorted(doc["entries"].items()))
-    atomic_write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", directory / MANIFEST_NAME)
+    entries = read_manifest(directory)["entries"]
+    entries[entry_name(kind, key)] = entry
+    write_manifest(entries, directory)
     return entry
+
+
+def write_manifest(entries: Mapping[str, Any], directory: Path) -> None:
+    """The manifest of ``directory``, written at once (entries sorted by name)."""
+    doc = {"format": MANIFEST_FORMAT, "entries": dict(sorted(entries.items()))}
+    text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
+    atomic_write_text(text, Path(directory) / MANIFEST_NAME)
 
 
 def unship(kind: str, key: str, *, directory: Optional[Path] = None) -> Optional[Dict[str, Any]]:
     """Take a checkpoint out of the shipped set (file + manifest entry), e.g. one that only
     a shipped codec was trained from; returns its entry, or None if it was not shipped."""
     directory = Path(directory or shipped_dir())
-    doc = read_manifest(directory)
-    entry = doc["entries"].pop(entry_name(kind, key), None)
+    entries = read_manifest(directory)["entries"]
+    entry = entries.pop(entry_name(kind, key), None)
     if entry is None:
         return None
-    atomic_write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", directory / MANIFEST_NAME)
+    write_manifest(entries, directory)
     (directory / entry["file"]).unlink(missing_ok=True)
     return entry
 
@@ -248,9 +255,37 @@ def promote(staged: Path, preset, *, directory: Optional[Path] = None) -> list:
             (directory / entry["file"]).unlink(missing_ok=True)
             del shipped_entries[name]
             done.append(("codec", entry["key"], "taken out: the reproduction no longer loads it"))
-    doc = {"format": read_manifest(directory)["format"], "entries": dict(sorted(shipped_entries.items()))}
-    atomic_write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", directory / MANIFEST_NAME)
+    write_manifest(shipped_entries, directory)
     (staged / MANIFEST_NAME).unlink()
+    return done
+
+
+def rekey(directory: Optional[Path] = None) -> list:
+    """Give every codec entry the key its configuration has now: the configuration
+    without the settings its training never read (:func:`~icmlib.training.recipe.
+    without_unused_fields`), the file renamed to the new key, its bytes (and sha256)
+    unchanged. Run once after the key's rules change, so the shipped codecs are found
+    again without retraining. Returns ``[("codec", new key, "was <old key>")]``."""
+    directory = Path(directory or shipped_dir())
+    entries = read_manifest(directory)["entries"]
+    done = []
+    for name, entry in list(entries.items()):
+        if entry["kind"] != "codec":
+            continue
+        config = without_unused_fields(entry["config"])
+        key = config_key(config)
+        if key == entry["key"]:
+            continue
+        file = f"codec-{key}.pt"
+        if entry_name("codec", key) in entries:
+            raise ValueError(f"{entry['file']} and {entries[entry_name('codec', key)]['file']} "
+                             f"get the same key {key}: they differ only in settings their "
+                             f"training never read; take one out first (unship)")
+        os.replace(directory / entry["file"], directory / file)
+        del entries[name]
+        entries[entry_name("codec", key)] = dict(entry, key=key, file=file, config=config)
+        done.append(("codec", key, f"was {entry['key']}"))
+        write_manifest(entries, directory)  # after each rename: an interruption loses nothing
     return done
 
 
@@ -292,7 +327,15 @@ def main(argv=None) -> int:
                         help="move the staged checkpoints of DIR into the shipped set and take "
                              "out the codecs the preset's reproduction no longer loads "
                              "(--trained-at is not needed)")
+    parser.add_argument("--rekey", type=Path, nargs="?", const=shipped_dir(), metavar="DIR",
+                        help="give the codecs of DIR (default: the shipped set) the keys their "
+                             "configurations have under today's rules, the files unchanged "
+                             "(after a change to what a codec's key holds)")
     args = parser.parse_args(argv)
+    if args.rekey:
+        for kind, key, status in rekey(args.rekey):
+            print(f"{kind:18s} {key}  {status}")
+        return 0
     try:
         preset = get_preset(args.preset).replace(**dict(map(preset_override, args.replace)))
     except (ValueError, TypeError) as e:

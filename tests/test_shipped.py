@@ -248,3 +248,49 @@ def test_ship_refuses_a_malformed_replace(capsys):
     with pytest.raises(SystemExit):
         ship.main(["--replace", "icm_steps=6000", "--promote", "somewhere"])
     assert "presets.py" in capsys.readouterr().err
+
+
+def test_a_codec_key_holds_only_what_its_training_reads():
+    """An ICM setting tried through the preset keeps the MSE codecs (and the baseline) it
+    starts from; a strategy's own setting keeps the other strategies' codecs."""
+    from icmlib.training import baseline_config
+
+    p = get_preset("ci", mse_finish_steps=5)
+    icm = p.replace(icm_task_weight=7.0, icm_mse_weight=0.5, icm_crop_size=32)
+    for rate in ("all", 0):
+        assert codec_config(icm, None, "mse", rate) == codec_config(p, None, "mse", rate)
+        assert codec_config(icm, "detection", "fixed", rate) != codec_config(p, "detection", "fixed", rate)
+    # the baseline's last stage trains on the ICM codecs' crops: those enter its key
+    assert baseline_config(icm.replace(icm_crop_size=p.icm_crop_size), "all") == baseline_config(p, "all")
+    assert baseline_config(icm, "all") != baseline_config(p, "all")
+    ramp = p.replace(weighting_ramp_end=0.9)
+    assert codec_config(ramp, "detection", "fixed") == codec_config(p, "detection", "fixed")
+    assert codec_config(ramp, "detection", "auto") == codec_config(p, "detection", "auto")
+    assert codec_config(ramp, "detection", "dynamic") != codec_config(p, "detection", "dynamic")
+
+
+def test_rekey_finds_a_codec_shipped_under_an_old_key_again(shipped_set, capsys):
+    """A codec shipped when its key held every ICM setting is renamed to today's key,
+    bytes unchanged, and the reader loads it instead of training."""
+    p, ckpt, entry, folder = shipped_set
+    old_config = dict(entry["config"], icm_task_weight=100.0, auto_momentum=0.9)
+    old = ship.ship("codec", old_config, ckpt, command="test", trained_at="abc", steps=3,
+                    wall_seconds=1.0)
+    ship.unship("codec", entry["key"])
+    assert shipped.load_shipped("codec", codec_config(p), verbose=False) is None
+    assert ship.rekey() == [("codec", entry["key"], f"was {old['key']}")]
+    moved = shipped.read_manifest()["entries"][f"codec/{entry['key']}"]
+    assert moved["sha256"] == old["sha256"] and moved["config"] == entry["config"]
+    assert not (folder / old["file"]).exists() and ship.rekey() == []
+    codec_for(p, progress=True)
+    assert "shipped checkpoints (sha256 verified)" in capsys.readouterr().out
+
+
+def test_rekey_refuses_two_codecs_that_become_one(shipped_set):
+    p, ckpt, entry, folder = shipped_set
+    ship.ship("codec", dict(entry["config"], icm_mse_weight=0.1), ckpt, command="test",
+              trained_at="abc", steps=3, wall_seconds=1.0)
+    before = (folder / "manifest.json").read_text()
+    with pytest.raises(ValueError, match="same key"):
+        ship.rekey()
+    assert (folder / "manifest.json").read_text() == before

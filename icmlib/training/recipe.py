@@ -14,7 +14,7 @@ earlier keys assumed.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -245,12 +245,23 @@ def baseline_config(preset: Union[Preset, str, None] = None, rate_index: Rate = 
     return cfg
 
 
-#: The preset's fields that change a codec's weights (the rest of the key is below).
+#: The preset's fields that change every codec's weights (the rest of the key is below).
 _RUN_FIELDS = ("codec_channels", "latent_channels", "codec_blocks", "crop_size", "batch_size",
-               "lr", "aux_lr", "clip_max_norm", "lr_decay_at", "icm_task_weight",
-               "icm_mse_weight", "weighting_warmup", "weighting_ramp_end", "auto_momentum",
-               "amp", "dataset", "image_size", "train_images", "world_seed", "icm_crop_size",
-               "icm_batch_size")
+               "lr", "aux_lr", "clip_max_norm", "lr_decay_at", "amp", "dataset", "image_size",
+               "train_images", "world_seed")
+#: ... and those that change only an ICM codec's, by its weighting strategy. An MSE codec's
+#: key leaves them out, so that an ICM recipe tried through the preset keeps the MSE codecs
+#: its codecs start from (the 20000-step base among them) instead of retraining them.
+_ICM_FIELDS = ("icm_task_weight", "icm_mse_weight", "icm_crop_size", "icm_batch_size")
+_STRATEGY_FIELDS = {"dynamic": ("weighting_warmup", "weighting_ramp_end"),
+                    "auto": ("weighting_warmup", "auto_momentum")}
+
+
+def weight_fields(task, strategy) -> Tuple[str, ...]:
+    """The preset's fields in the key of a codec for ``task`` (None: MSE) and ``strategy``."""
+    if task is None:
+        return _RUN_FIELDS
+    return _RUN_FIELDS + _ICM_FIELDS + _STRATEGY_FIELDS.get(strategy, ())
 
 
 def run_config(preset: Preset, task, strategy, rate_index, lmbda: Union[float, List[float]],
@@ -259,7 +270,7 @@ def run_config(preset: Preset, task, strategy, rate_index, lmbda: Union[float, L
     cfg = {"version": TRAIN_VERSION, "preset": preset.name, "task": task, "strategy": strategy,
            "rate_index": rate_index, "lambda": lmbda, "steps": int(steps), "seed": int(seed),
            "init_from": init_id}
-    cfg.update({f: getattr(preset, f) for f in _RUN_FIELDS})
+    cfg.update({f: getattr(preset, f) for f in weight_fields(task, strategy)})
     # These also change the weights: DataLoader workers draw other crops than the main
     # process, more processes train on other (and more) batches. They enter the key only
     # when they differ from what every earlier key assumed (0 workers, 1 process), so the
@@ -270,4 +281,19 @@ def run_config(preset: Preset, task, strategy, rate_index, lmbda: Union[float, L
         cfg["num_workers"] = int(preset.num_workers)
     if world > 1:
         cfg["world_size"] = int(world)
+    return cfg
+
+
+def without_unused_fields(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """A codec configuration written before :func:`weight_fields` (every ICM setting in every
+    key), as :func:`run_config` writes it now: the settings its codec's training never read
+    are left out, in the codecs it starts from too. Keys of shipped codecs are migrated
+    with it (``python -m icmlib.ship --rekey``), their files unchanged."""
+    cfg = dict(config)
+    if isinstance(cfg.get("init_from"), Mapping):
+        cfg["init_from"] = without_unused_fields(cfg["init_from"])
+    if "strategy" in cfg and "task" in cfg:
+        kept = set(weight_fields(cfg["task"], cfg["strategy"]))
+        for field in set(_ICM_FIELDS).union(*_STRATEGY_FIELDS.values()) - kept:
+            cfg.pop(field, None)
     return cfg
