@@ -5,7 +5,7 @@ import warnings
 import pytest
 
 from icmlib.evaluation.bdrate import (BDRateError, BDRateWarning, bd_map, bd_psnr, bd_quality, bd_rate,
-                           bd_rate_pairs, frontier, overlap)
+                           bd_rate_pairs, frontier, overlap, rate_difference_at)
 
 # --------------------------------------------------------------------------------------
 # Test vectors
@@ -110,6 +110,26 @@ def test_shifted_quality_gives_exact_gain(method):
     test = [(r, q + 0.5) for r, q in CURVE]
     assert bd_quality(CURVE, test, method=method) == pytest.approx(0.5, abs=1e-9)
     assert bd_map(CURVE, test, method=method) == pytest.approx(0.5, abs=1e-9)
+
+
+@pytest.mark.parametrize("method", ["pchip", "cubic"])
+def test_rate_difference_is_bd_rates_integrand_point_by_point(method):
+    import numpy as np
+
+    half = [(0.5 * r, q) for r, q in CURVE]
+    lo, hi = CURVE[0][1], CURVE[-1][1]
+    assert rate_difference_at(CURVE, half, [lo, (lo + hi) / 2, hi], method) == \
+        pytest.approx([-50.0] * 3)
+    assert rate_difference_at(CURVE, half, [lo - 1, hi + 1], method) == [None, None]
+    # cheaper at low quality only: the saving lies where it was made, and its log-mean over
+    # the common range is the BD-rate
+    mixed = [(r * (0.5 if i < 2 else 0.9), q) for i, (r, q) in enumerate(CURVE)]
+    qs = np.linspace(lo, hi, 2001)
+    logs = np.log1p(np.array(rate_difference_at(CURVE, mixed, qs, method)) / 100)
+    if method == "pchip":  # through every point (the cubic of 5 points is a least-squares fit)
+        assert rate_difference_at(CURVE, mixed, [lo, hi], method) == pytest.approx([-50.0, -10.0])
+    assert np.expm1(((logs[1:] + logs[:-1]) / 2).mean()) * 100 == \
+        pytest.approx(bd_rate(CURVE, mixed, method), abs=1e-3)
 
 
 def test_swapping_anchor_and_test_inverts_ratio():

@@ -61,6 +61,29 @@ def test_object_shares_compare_at_equal_bpp_and_at_the_same_rate_point():
     assert rows[("icm", 1)]["vs_mse"] == pytest.approx(3.0)
 
 
+def test_saving_by_accuracy_says_where_along_the_curves_the_bd_rate_lies():
+    def codec(name, group, task, pts):
+        return {"name": name, "kind": "learned", "group": group, "task": task,
+                "strategy": "fixed", "points": [{"setting": i, "bpp": b, "bbox_map": q}
+                                                for i, (b, q) in enumerate(pts)]}
+
+    mse = [(0.1, 0.30), (0.2, 0.40), (0.4, 0.50), (0.8, 0.55)]
+    # half the bits up to mAP 0.40, then 10 % fewer; one point outside the baseline's range
+    icm = [(0.05, 0.30), (0.1, 0.40), (0.36, 0.50), (0.72, 0.55), (0.9, 0.6)]
+    results = {"tasks": ["detection"], "codecs": [
+        codec("MSE baseline", "mse", None, mse), codec("ICM fixed (detection)", "icm", "detection", icm),
+        codec("ICM fixed (instance)", "icm", "instance", icm)]}
+    accuracies, percents = evaluation.saving_along_curves(results, "detection")["ICM fixed (detection)"]
+    assert (accuracies[0], accuracies[-1]) == pytest.approx((0.30, 0.55))
+    assert percents[0] == pytest.approx(-50.0) and percents[-1] == pytest.approx(-10.0)
+    row = evaluation.saving_by_accuracy(results).loc[("detection", "ICM fixed (detection)")]
+    assert row["accuracy range"] == "bbox_map 0.300–0.550"
+    lower, upper = (float(row[h].rstrip(" %")) for h in ("lower half", "upper half"))
+    assert lower < upper < 0
+    whole = evaluation.bd_rate(mse, icm)
+    assert float(row["whole range"].rstrip(" %")) == pytest.approx(whole, abs=0.1)
+
+
 def test_budget_fields_in_presets():
     for name in ("ci", "cpu", "gpu"):
         p = get_preset(name)

@@ -29,14 +29,15 @@ from icmlib.evaluation.anchors import (ANCHORS, AV1, AVIF, HEVC, JPEG, JPEG2000,
                                        available_anchors, compressai_zoo_codec, make_anchor,
                                        rd_points, to_pil)
 from icmlib.evaluation.bdrate import (BDRateError, BDRateWarning, bd_map, bd_psnr, bd_quality,
-                                      bd_rate, bd_rate_pairs, frontier)
+                                      bd_rate, bd_rate_pairs, frontier, rate_difference_at)
 from icmlib.evaluation.bitmaps import (bit_map, object_bit_share,
                                        object_share_if_bits_followed_objects, plot_bit_maps)
 from icmlib.evaluation.evaluate import (CodedImages, cached_evaluation, codec_settings,
                                         evaluate_codec, evaluate_point, evaluation_key,
                                         learned_codec, pil_to_tensor, tensor_to_pil)
 from icmlib.evaluation.plots import (plot_bd_illustration, plot_object_shares, plot_rd_curves,
-                                     plot_training_logs, plot_weighting_comparison)
+                                     plot_saving_along_curves, plot_training_logs,
+                                     plot_weighting_comparison)
 from icmlib.evaluation.report import summary_markdown, write_outputs
 from icmlib.evaluation.reproduction import (ReproductionError, book_results, find_results,
                                             reproduce, train_codecs)
@@ -45,7 +46,7 @@ from icmlib.evaluation.results import (REPRO_TASKS, TASK_METRIC, ResultsError, c
                                        load_results, mse_name, new_results, save_results)
 from icmlib.evaluation.summary import (PAPER_BD_RATE, equal_quality_rates, headline_table,
                                        illustration_pair, object_share_table, paper_table,
-                                       summarize)
+                                       saving_along_curves, saving_by_accuracy, summarize)
 from icmlib.evaluation.tables import (bd_rate_details, bd_rate_table, better_than_reference,
                                       dataframe_to_markdown, overhead_comparison, overhead_table)
 
@@ -76,6 +77,7 @@ __all__ = [
     "evaluation_key", "cached_evaluation", "tensor_to_pil", "pil_to_tensor",
     # BD-rate
     "bd_rate", "bd_quality", "bd_psnr", "bd_map", "bd_rate_pairs", "frontier",
+    "rate_difference_at",
     "BDRateError", "BDRateWarning",
     # results files and tables
     "load_results", "save_results", "new_results", "codec_entry", "find_codec", "curve",
@@ -86,11 +88,13 @@ __all__ = [
     "reproduce", "ReproductionError", "train_codecs", "REPRO_TASKS", "mse_name", "icm_name",
     "book_results", "find_results", "paper_table", "summarize", "headline_table",
     "equal_quality_rates", "illustration_pair", "object_share_table", "PAPER_BD_RATE",
+    "saving_along_curves", "saving_by_accuracy",
     "summary_markdown", "write_outputs",
     # figures
     "plot_rd_curves", "plot_bd_illustration", "plot_weighting_comparison",
     "plot_training_logs", "bit_map", "object_bit_share",
     "object_share_if_bits_followed_objects", "plot_bit_maps", "plot_object_shares",
+    "plot_saving_along_curves",
     # the convergence study
     "convergence_rows", "plot_convergence", "write_convergence",
 ]

@@ -122,6 +122,34 @@ def plot_object_shares(results, ax=None, legend=True):
     return ax
 
 
+def plot_saving_along_curves(results, task="detection", ax=None, legend=True):
+    """Each ICM codec of ``task`` against the MSE baseline, at equal task accuracy: the
+    percent of bits it spends beyond (below zero: saves against) the baseline, along the
+    accuracy range both cover (:func:`icmlib.evaluation.summary.saving_along_curves`).
+    The BD-rate is the log-mean of each line; this shows where along the curves it lies."""
+    import matplotlib.pyplot as plt
+
+    from icmlib.evaluation.results import TASK_METRIC, load_results, metric_label
+    from icmlib.evaluation.summary import saving_along_curves
+
+    results = load_results(results)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4.4))
+    codecs = {c["name"]: c for c in results["codecs"]}
+    for name, (accuracies, percents) in saving_along_curves(results, task).items():
+        ax.plot(accuracies, percents, label=name, markevery=max(1, len(accuracies) // 8),
+                **_rd_style(codecs[name]))
+    ax.axhline(0.0, color="black", linewidth=1.0)
+    ax.set_xlabel(f"{metric_label(TASK_METRIC[task])} (equal for both codecs)")
+    ax.set_ylabel("bits against the MSE baseline")
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:+.0f} %"))
+    ax.set_title(f"{task}: where along the curves ICM saves bits", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7)
+    return ax
+
+
 def plot_bd_illustration(anchor, test, method="pchip", ax=None, anchor_name="anchor",
                          test_name="test", quality_label="quality"):
     """The Bjøntegaard delta drawn: both curves as log10(rate) against quality, the

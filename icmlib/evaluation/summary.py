@@ -6,16 +6,19 @@ anchors), every pair with its full message for the results file (:func:`bd_detai
 headline per task (:func:`summarize`, :func:`headline_table`: the best ICM codec against
 the strongest traditional anchor and the MSE baseline, the points that beat the
 uncompressed originals), the bits each anchor needs at the MSE baseline's quality
-(:func:`equal_quality_rates`), where the bits go (:func:`object_share_table`) and the pair
+(:func:`equal_quality_rates`), where along the curves the ICM codecs save bits against the
+MSE baseline (:func:`saving_along_curves`, :func:`saving_by_accuracy`), where the bits go
+in the images (:func:`object_share_table`) and the pair
 of curves the book draws the Bjøntegaard delta with (:func:`illustration_pair`).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from icmlib.evaluation.bdrate import overlap
+from icmlib.evaluation.bdrate import BDRateError, BDRateWarning, overlap, rate_difference_at
 from icmlib.evaluation.results import REPRO_TASKS, TASK_METRIC, curve, find_codec, mse_name
 from icmlib.evaluation.tables import bd_rate_details, bd_rate_table, better_than_reference
 
@@ -153,6 +156,58 @@ def summarize(results: Dict[str, Any]) -> Dict[str, Any]:
         out["mse_vs_anchors_psnr"] = {a: psnr.loc[mse[0], a] for a in trad}
         out["mse_vs_anchors_equal_psnr"] = equal_quality_rates(results, mse[0], trad, "psnr")
     return out
+
+
+def saving_along_curves(results: Dict[str, Any], task: str, levels: int = 201
+                        ) -> Dict[str, Any]:
+    """Per ICM codec of ``task``: the percent of bits it spends beyond (negative: saves
+    against) the MSE baseline at equal task accuracy, on ``levels`` accuracies evenly
+    spaced over the range both curves cover -- the curve whose log-mean is its BD-rate
+    against the baseline (:func:`~icmlib.evaluation.bdrate.rate_difference_at`).
+    ``{codec: (accuracies, percents)}``; a codec whose curve does not overlap the
+    baseline's is left out."""
+    metric = TASK_METRIC[task]
+    baseline = list(zip(*curve(find_codec(results, mse_name()), metric)))
+    out = {}
+    for codec in results["codecs"]:
+        if codec.get("group") != "icm" or codec.get("task") != task:
+            continue
+        points = list(zip(*curve(codec, metric)))
+        lo, hi, _ = overlap((min(q for _, q in baseline), max(q for _, q in baseline)),
+                            (min(q for _, q in points), max(q for _, q in points)))
+        if hi <= lo:
+            continue
+        accuracies = np.linspace(lo, hi, levels)
+        with warnings.catch_warnings():  # dropped points: the BD-rate table's warnings say so
+            warnings.simplefilter("ignore", BDRateWarning)
+            try:
+                percents = rate_difference_at(baseline, points, accuracies, quality_name=metric)
+            except BDRateError:
+                continue
+        kept = [(q, d) for q, d in zip(accuracies, percents) if d is not None]
+        out[codec["name"]] = (np.array([q for q, _ in kept]), np.array([d for _, d in kept]))
+    return out
+
+
+def saving_by_accuracy(results: Dict[str, Any]):
+    """Where along the curves each ICM codec's saving against the MSE baseline lies: its
+    BD-rate over the lower and the upper half of the accuracy range both curves cover, and
+    over the whole range (the BD-rate of :func:`paper_table`). A DataFrame, rows (task,
+    codec); the BD-rates are log-means of :func:`saving_along_curves`."""
+    import pandas as pd
+
+    rows = []
+    for task in results.get("tasks", REPRO_TASKS):
+        for name, (accuracies, percents) in saving_along_curves(results, task).items():
+            logs, half = np.log1p(percents / 100.0), len(accuracies) // 2
+            # trapezoid mean of the log-ratio over evenly spaced accuracies: BD-rate's integral
+            mean = lambda part: f"{np.expm1(((part[1:] + part[:-1]) / 2).mean()) * 100:+.1f} %"
+            rows.append({"task": task, "codec": name, "accuracy range": f"{TASK_METRIC[task]} "
+                         f"{accuracies[0]:.3f}–{accuracies[-1]:.3f}",
+                         "lower half": mean(logs[:half + 1]), "upper half": mean(logs[half:]),
+                         "whole range": mean(logs)})
+    frame = pd.DataFrame(rows)
+    return frame.set_index(["task", "codec"]) if rows else frame
 
 
 def equal_quality_rates(results: Dict[str, Any], test: str, anchors: Sequence[str],
