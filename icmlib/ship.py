@@ -262,9 +262,9 @@ def promote(staged: Path, preset, *, directory: Optional[Path] = None) -> list:
 
 def rekey(directory: Optional[Path] = None) -> list:
     """Give every codec entry the key its configuration has now: the configuration
-    without the settings its training never read (:func:`~icmlib.training.recipe.
-    without_unused_fields`), the file renamed to the new key, its bytes (and sha256)
-    unchanged. Run once after the key's rules change, so the shipped codecs are found
+    without the settings its training never read
+    (:func:`~icmlib.training.recipe.without_unused_fields`), the file renamed to the new
+    key, its bytes (and sha256) unchanged. Run once after the key's rules change, so the shipped codecs are found
     again without retraining. Returns ``[("codec", new key, "was <old key>")]``."""
     directory = Path(directory or shipped_dir())
     entries = read_manifest(directory)["entries"]
