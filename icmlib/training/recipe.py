@@ -7,9 +7,11 @@ one at ``preset.codec_base_rate``), its steps (:func:`default_steps`), and every
 that changes its weights (:func:`codec_config`): the configuration whose hash is the
 codec's cache key, under which the shipped checkpoints are found. A preset with
 ``codec_zoo`` takes its MSE codecs from CompressAI's zoo instead of training them
-(:mod:`icmlib.training.zoo`). A field added here
+(:mod:`icmlib.training.zoo`). A key holds only the settings its codec's training reads
+(:func:`weight_fields`: no ICM setting in an MSE codec's key). A field added here
 changes every key, so a new setting enters the key only when it differs from what the
-earlier keys assumed.
+earlier keys assumed; a rule changed here needs the shipped codecs re-keyed
+(``python -m icmlib.ship --rekey``).
 """
 from __future__ import annotations
 
