@@ -16,7 +16,8 @@ import numpy as np
 from icmlib.evaluation import plots
 from icmlib.evaluation.bitmaps import FOLLOWED_OBJECTS, plot_bit_maps
 from icmlib.evaluation.results import REPRO_TASKS, TASK_METRIC, describe_device, mse_name
-from icmlib.evaluation.summary import object_share_table, paper_table, summarize
+from icmlib.evaluation.summary import (object_share_table, paper_table, saving_by_accuracy,
+                                       summarize)
 from icmlib.evaluation.tables import dataframe_to_markdown, overhead_table
 
 TIMING_LABELS = {
@@ -85,6 +86,13 @@ def summary_markdown(results: Dict[str, Any]) -> str:
             lines.append("- no codec point gives higher accuracy than the uncompressed "
                          "originals")
         lines.append("")
+    saving = saving_by_accuracy(results)
+    if len(saving):
+        lines += ["## Where along the curves ICM saves against the MSE baseline", "",
+                  "BD-rate against the MSE baseline over the lower and the upper half of the "
+                  "task-accuracy range both curves cover, and over the whole range (the "
+                  "table's number): the same interpolation, split where the saving lies.", "",
+                  dataframe_to_markdown(_flat(saving)), ""]
     shares = object_share_table(results)
     if shares:
         area = np.mean([r["object_area_share"] for r in shares])
