@@ -195,14 +195,19 @@ def _mean_gap(x_a, y_a, x_b, y_b, method: str, min_overlap: float, axis: str) ->
             f"[{ra[0]:.6g}, {ra[1]:.6g}], test [{rb[0]:.6g}, {rb[1]:.6g}], overlap "
             f"{100 * frac:.1f} % of their union (minimum {100 * min_overlap:.0f} %). Measure the "
             f"codecs over a common range, or lower min_overlap if you accept the risk.")
-    if method == "cubic":
-        ints = []
-        for x, y in ((x_a, y_a), (x_b, y_b)):
-            p = np.polyint(np.polyfit(x, y, 3))
-            ints.append(np.polyval(p, hi) - np.polyval(p, lo))
-    else:
-        ints = [PchipInterpolator(x, y).integrate(lo, hi) for x, y in ((x_a, y_a), (x_b, y_b))]
+    ints = [_interpolant(x, y, method)[1](lo, hi) for x, y in ((x_a, y_a), (x_b, y_b))]
     return float((ints[1] - ints[0]) / (hi - lo))
+
+
+def _interpolant(x, y, method: str):
+    """``y(x)`` as the Bjøntegaard delta interpolates it: ``(value_at, integral(lo, hi))``.
+    ``"cubic"``: one least-squares cubic polynomial; ``"pchip"``: through every point."""
+    if method == "cubic":
+        polynomial = np.poly1d(np.polyfit(x, y, 3))
+        primitive = polynomial.integ()
+        return polynomial, lambda lo, hi: float(primitive(hi) - primitive(lo))
+    pchip = PchipInterpolator(x, y)
+    return pchip, lambda lo, hi: float(pchip.integrate(lo, hi))
 
 
 def _method(method: str) -> str:
@@ -247,19 +252,9 @@ def rate_difference_at(anchor: Iterable[Point], test: Iterable[Point], qualities
     a = _prepare(anchor, "anchor", method, quality_name)
     b = _prepare(test, "test", method, quality_name)
     lo, hi, _ = overlap((a[:, 1].min(), a[:, 1].max()), (b[:, 1].min(), b[:, 1].max()))
-    curves = [_log_rate_of_quality(arr, method) for arr in (a, b)]
+    curves = [_interpolant(arr[:, 1], np.log10(arr[:, 0]), method)[0] for arr in (a, b)]
     return [None if not lo <= q <= hi else
             float((10.0 ** (curves[1](q) - curves[0](q)) - 1.0) * 100.0) for q in qualities]
-
-
-def _log_rate_of_quality(arr: np.ndarray, method: str):
-    """log10(rate) as a function of quality, interpolated as :func:`_mean_gap` integrates it."""
-    x, y = arr[:, 1], np.log10(arr[:, 0])
-    if method == "cubic":
-        coefficients = np.polyfit(x, y, 3)
-        return lambda q: float(np.polyval(coefficients, q))
-    interpolator = PchipInterpolator(x, y)
-    return lambda q: float(interpolator(q))
 
 
 def bd_quality(anchor: Iterable[Point], test: Iterable[Point], method: str = "pchip",
