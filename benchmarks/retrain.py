@@ -53,11 +53,15 @@ def main(argv=None) -> int:
                         help="the recipe change, as for python -m icmlib.ship (repeatable)")
     parser.add_argument("--into", type=Path, default=STAGED, help=f"staging folder ({STAGED})")
     parser.add_argument("--dry-run", action="store_true", help="list what is missing, train nothing")
+    parser.add_argument("--only", metavar="TEXT", action="append", default=[],
+                        help="train only the codecs whose label holds TEXT, e.g. "
+                             "'detection dynamic low' (repeatable)")
     args = parser.parse_args(argv)
     preset = get_preset(args.preset).replace(**dict(map(preset_override, args.replace)))
     held = set(read_manifest()["entries"]) | set(read_manifest(args.into)["entries"])
     todo = [(label, train) for label, config, train in plan(preset)
-            if entry_name("codec", config_key(config)) not in held]
+            if entry_name("codec", config_key(config)) not in held
+            and (not args.only or any(text in label for text in args.only))]
     print(f"{len(todo)} codec(s) to train: " + "; ".join(label for label, _ in todo))
     if args.dry_run:
         return 0
