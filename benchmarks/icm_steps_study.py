@@ -5,8 +5,9 @@ there by ``benchmarks/retrain.py --replace icm_steps=6000 --into …``) against 
 ones of the same recipe at 3000 steps, both measured on the same validation images
 (recipes are chosen on validation data; the test split chooses nothing): real bpp from the
 coded bytes, PSNR, and the mAP of the frozen task network on the decoded images at every
-rate point, and the BD-rate of 6000 steps against 3000 on those points. Codecs with no
-6000-step version there are left out.
+rate point, and the BD-rate of 6000 steps against 3000 on those points, per codec and,
+where both codecs of a (task, strategy) are there, over its whole curve (``rd_lambdas``' and
+``low_rd_lambdas``' points together). Codecs with no 6000-step version there are left out.
 
     ICM_CACHE=.cache/book python benchmarks/icm_steps_study.py
 """
@@ -60,11 +61,18 @@ def measure(preset):
 
 
 def bd_rates(rows):
-    """``{codec: BD-rate of 6000 steps against 3000}`` on the validation points (%)."""
+    """``{codec: BD-rate of 6000 steps against 3000}`` on the validation points (%), and
+    for a (task, strategy) with both its codecs there, over their points together (its
+    whole curve, as the reproduction draws it)."""
     a, b = STEPS
     out = {}
-    for name in dict.fromkeys(f"{r['task']} {r['strategy']} {r['codec']}" for r in rows):
-        mine = [r for r in rows if f"{r['task']} {r['strategy']} {r['codec']}" == name]
+    codec = lambda r: f"{r['task']} {r['strategy']} {r['codec']}"
+    curve = lambda r: f"{r['task']} {r['strategy']} (all and low together)"
+    names = list(dict.fromkeys(map(codec, rows)))
+    names += [n for n in dict.fromkeys(map(curve, rows))
+              if len({r["codec"] for r in rows if curve(r) == n}) > 1]
+    for name in names:
+        mine = [r for r in rows if name in (codec(r), curve(r))]
         try:
             out[name] = bd_rate([(r[a]["bpp"], r[a]["map"]) for r in mine],
                                 [(r[b]["bpp"], r[b]["map"]) for r in mine])
