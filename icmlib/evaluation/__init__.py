@@ -29,7 +29,8 @@ from icmlib.evaluation.anchors import (ANCHORS, AV1, AVIF, HEVC, JPEG, JPEG2000,
                                        available_anchors, compressai_zoo_codec, make_anchor,
                                        rd_points, to_pil)
 from icmlib.evaluation.bdrate import (BDRateError, BDRateWarning, bd_map, bd_psnr, bd_quality,
-                                      bd_rate, bd_rate_pairs, frontier, rate_difference_at)
+                                      bd_rate, bd_rate_halves, bd_rate_pairs, frontier,
+                                      rate_difference_at)
 from icmlib.evaluation.bitmaps import (bit_map, object_bit_share,
                                        object_share_if_bits_followed_objects, plot_bit_maps)
 from icmlib.evaluation.evaluate import (CodedImages, cached_evaluation, codec_settings,

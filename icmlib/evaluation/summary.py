@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from icmlib.evaluation.bdrate import BDRateError, BDRateWarning, overlap, rate_difference_at
+from icmlib.evaluation.bdrate import (BDRateError, BDRateWarning, bd_rate_halves, overlap,
+                                      rate_difference_at)
 from icmlib.evaluation.results import REPRO_TASKS, TASK_METRIC, curve, find_codec, mse_name
 from icmlib.evaluation.tables import bd_rate_details, bd_rate_table, better_than_reference
 
@@ -199,13 +200,11 @@ def saving_by_accuracy(results: Dict[str, Any]):
     rows = []
     for task in results.get("tasks", REPRO_TASKS):
         for name, (accuracies, percents) in saving_along_curves(results, task).items():
-            logs, half = np.log1p(percents / 100.0), len(accuracies) // 2
-            # trapezoid mean of the log-ratio over evenly spaced accuracies: BD-rate's integral
-            mean = lambda part: f"{np.expm1(((part[1:] + part[:-1]) / 2).mean()) * 100:+.1f} %"
+            lower, upper, whole = bd_rate_halves(percents)
             rows.append({"task": task, "codec": name, "accuracy range": f"{TASK_METRIC[task]} "
                          f"{accuracies[0]:.3f}–{accuracies[-1]:.3f}",
-                         "lower half": mean(logs[:half + 1]), "upper half": mean(logs[half:]),
-                         "whole range": mean(logs)})
+                         "lower half": f"{lower:+.1f} %", "upper half": f"{upper:+.1f} %",
+                         "whole range": f"{whole:+.1f} %"})
     frame = pd.DataFrame(rows)
     return frame.set_index(["task", "codec"]) if rows else frame
 

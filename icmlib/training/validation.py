@@ -20,7 +20,7 @@ __all__ = ["validate_codec"]
 
 @torch.no_grad()
 def validate_codec(net: ICMCodec, dataset, num_images: int, frozen_task=None,
-                   task: Optional[str] = None, device="cpu") -> Dict[str, float]:
+                   task: Optional[str] = None, device="cpu", images=None) -> Dict[str, float]:
     """Code ``num_images`` val images for real and measure them.
 
     Returns ``bpp`` (from the real rANS bytes of both streams), ``bpp_estimate`` (the
@@ -29,16 +29,22 @@ def validate_codec(net: ICMCodec, dataset, num_images: int, frozen_task=None,
     ``icmlib.tasks.evaluate_task`` on the decoded images (``task_score`` is the task's
     headline number: bbox mAP, segm mAP or mIoU). The caller must have run
     ``net.update()``.
+
+    ``images`` (optional, one [3, H, W] tensor per dataset entry, in its order) are coded
+    instead of the dataset's own: the task is still scored against the dataset's ground
+    truth, and PSNR is measured against them (e.g. :mod:`icmlib.evaluation.oracle`).
     """
     from icmlib.metrics import psnr
 
     was_training = net.training
     net.eval()
     n = min(int(num_images), len(dataset))
+    if images is not None and len(images) < n:
+        raise ValueError(f"got {len(images)} images for {n} dataset entries")
     bits = est_bits = pixels = 0.0
     psnrs, decoded = [], []
     for i in range(n):
-        x = dataset[i][0].to(device)[None]
+        x = (dataset[i][0] if images is None else images[i]).to(device)[None]
         h, w = x.shape[-2:]
         enc = encode_image(net, x)
         bits += 8 * sum(len(s) for s in enc["strings"])

@@ -1,0 +1,63 @@
+"""How much could a codec save by not coding the background? An oracle that knows the objects.
+
+An ICM codec saves bits against the MSE baseline by spending less where the task network
+does not look. On a given world the most obvious such place is the background, and how
+much it costs the baseline bounds what dropping it can save. This module builds the
+oracle's input: the image with everything outside its objects (the ground-truth masks,
+widened by ``margin`` pixels so that edges stay whole) replaced by something cheap to code:
+
+* ``"flat"`` — the background's mean colour: nothing of it is left to code;
+* ``"blur"`` — the image blurred (Gaussian, ``sigma`` pixels): the coarse context stays,
+  its detail goes.
+
+Coding these with the MSE baseline and scoring the frozen task network on the result
+(against the same ground truth) gives the rate–accuracy curve of a codec that drops the
+background perfectly and keeps the objects as the baseline codes them
+(``benchmarks/background_oracle_study.py``). An ICM codec can do better than that only by
+also spending less inside the objects.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
+
+from icmlib.evaluation.bitmaps import object_mask
+
+#: the ways the oracle can replace the background
+FILLS = ("flat", "blur")
+
+__all__ = ["FILLS", "kept_region", "without_background"]
+
+
+def kept_region(target: Mapping[str, Any], height: int, width: int, margin: int = 4) -> torch.Tensor:
+    """The objects' union widened by ``margin`` pixels, [H, W] bool."""
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0 pixels, got {margin}")
+    mask = object_mask(target, height, width)
+    if margin:
+        mask = F.max_pool2d(mask[None, None], 2 * margin + 1, stride=1, padding=margin)[0, 0]
+    return mask > 0
+
+
+def without_background(image: torch.Tensor, target: Mapping[str, Any], fill: str = "flat", *,
+                       margin: int = 4, sigma: float = 4.0) -> torch.Tensor:
+    """``image`` ([3, H, W] in [0, 1]) with its background replaced by ``fill`` (see the
+    module docstring); the pixels within ``margin`` of an object are kept as they are.
+    An image with no objects becomes all background."""
+    if fill not in FILLS:
+        raise ValueError(f"unknown fill {fill!r}; choose one of {FILLS}")
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected one [3, H, W] image, got shape {tuple(image.shape)}")
+    keep = kept_region(target, *image.shape[-2:], margin=margin)
+    if fill == "flat":
+        background = ~keep
+        colour = (image[:, background].mean(1) if background.any()
+                  else image.flatten(1).mean(1))
+        filled = colour[:, None, None].expand_as(image)
+    else:
+        size = 2 * int(round(3 * sigma)) + 1
+        filled = gaussian_blur(image[None], [size, size], [sigma, sigma])[0]
+    return torch.where(keep, image, filled)
