@@ -9,7 +9,8 @@ from a ground-truth object mask) is replaced by its mean colour (``flat``) or bl
 (``blur``) before coding (:mod:`icmlib.evaluation.oracle`). The frozen detector is scored
 on the decoded images against the same ground truth. The oracle's BD-rate against the
 baseline on the real images is what a codec could save by dropping the background
-perfectly while coding the objects as the baseline does; the ICM codecs are measured
+perfectly while coding the objects as the baseline does (``shapes`` also drops everything
+inside the objects but their mean colours); the ICM codecs are measured
 beside it on the same validation images (recipes and diagnoses use validation data; the
 test split chooses nothing). The ICM fixed codec is also given the flat oracle, which
 says how much background its own bits still carry.
@@ -20,11 +21,11 @@ Every codec is a shipped one (nothing trains); about 15 min on 2 threads.
 """
 import numpy as np
 import torch
-from study import header, run_study
+from study import OUT, header, run_study
 
 from icmlib.data import dataset_for
 from icmlib.evaluation.bdrate import BDRateError, bd_rate_halves, overlap, rate_difference_at
-from icmlib.evaluation.oracle import FILLS, without_background
+from icmlib.evaluation.oracle import flat_shapes, plot_oracle_curves, without_background
 from icmlib.presets import get_preset
 from icmlib.tasks import FrozenTask, evaluate_task, task_network
 from icmlib.training import baseline_run, codec_at_rate, codec_run, resolve_rate
@@ -35,13 +36,17 @@ MARGIN = 2
 COMMAND = "ICM_CACHE=.cache/book python benchmarks/background_oracle_study.py"
 BASELINE = "MSE baseline"
 ORIGINAL = "none"
+#: the oracle inputs: how each replaces what the detector does not need
+ORACLES = {"flat": lambda x, t: without_background(x, t, "flat", margin=MARGIN),
+           "blur": lambda x, t: without_background(x, t, "blur", margin=MARGIN),
+           "shapes": flat_shapes}
 
 
 def codecs(preset):
     """(name, fills it is measured on, [(rate group, checkpoint)]) of every codec compared."""
     baseline = [(g, baseline_run(preset, g, progress=False))
                 for g in ("mse-low", "low", "mse-mid", "all")]
-    yield BASELINE, (ORIGINAL, *FILLS), baseline
+    yield BASELINE, (ORIGINAL, *ORACLES), baseline
     for strategy in ("fixed", "dynamic", "auto"):
         fills = (ORIGINAL, "flat") if strategy == "fixed" else (ORIGINAL,)
         yield (f"ICM {strategy}", fills,
@@ -50,18 +55,18 @@ def codecs(preset):
 
 
 def inputs(val, fill):
-    """The first IMAGES validation images, their background replaced by ``fill``."""
-    images = [val[i][0] for i in range(IMAGES)]
+    """The first IMAGES validation images, as they are or as the oracle ``fill`` makes them."""
+    items = [val[i] for i in range(IMAGES)]
     if fill == ORIGINAL:
-        return images
-    return [without_background(x, val[i][1], fill, margin=MARGIN) for i, x in enumerate(images)]
+        return [x for x, _ in items]
+    return [ORACLES[fill](x, target) for x, target in items]
 
 
 @torch.no_grad()
 def measure(preset):
     val = dataset_for(preset, "val", train=False)
     frozen = FrozenTask(task_network("detection", preset, progress=False), "detection")
-    images = {fill: inputs(val, fill) for fill in (ORIGINAL, *FILLS)}
+    images = {fill: inputs(val, fill) for fill in (ORIGINAL, *ORACLES)}
     rows = [{"codec": "uncompressed", "input": fill, "bpp": None, "psnr": None,
              "map": float(evaluate_task(frozen, "detection", val, images=images[fill],
                                         max_images=IMAGES)["score"])} for fill in images]
@@ -102,7 +107,8 @@ def markdown(rows, meta):
                    f"decoded images against the original ground truth",
                    f"oracle inputs: everything farther than {MARGIN} px from an object mask "
                    f"replaced by the background's mean colour (flat) or a Gaussian blur, "
-                   f"σ = 4 px (blur)")
+                   f"σ = 4 px (blur); shapes: the flat background and every object painted "
+                   f"its mean colour", "figure: background_oracle_study.png")
     lines += ["Uncompressed inputs:", "", "| input | box mAP |", "|---|---|"]
     lines += [f"| {r['input']} | {r['map']:.3f} |" for r in rows if r["codec"] == "uncompressed"]
     lines += ["", "BD-rate against the MSE baseline on the real images, at equal box mAP "
@@ -121,8 +127,20 @@ def markdown(rows, meta):
     return "\n".join(lines) + "\n"
 
 
+def figure(rows):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ax = plot_oracle_curves(rows)
+    ax.figure.tight_layout()
+    ax.figure.savefig(OUT / "background_oracle_study.png", dpi=110)
+    plt.close(ax.figure)
+
+
 def main():
-    run_study("background_oracle_study", COMMAND, 2, lambda: measure(get_preset("cpu")), markdown)
+    figure(run_study("background_oracle_study", COMMAND, 2, lambda: measure(get_preset("cpu")),
+                     markdown))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ import warnings
 
 import pytest
 
-from icmlib.evaluation.bdrate import (BDRateError, BDRateWarning, bd_map, bd_psnr, bd_quality, bd_rate,
-                           bd_rate_pairs, frontier, overlap, rate_difference_at)
+from icmlib.evaluation.bdrate import (BDRateError, BDRateWarning, bd_map, bd_psnr, bd_quality,
+                                      bd_rate, bd_rate_halves, bd_rate_pairs, frontier, overlap,
+                                      rate_difference_at)
 
 # --------------------------------------------------------------------------------------
 # Test vectors
@@ -130,6 +131,23 @@ def test_rate_difference_is_bd_rates_integrand_point_by_point(method):
         assert rate_difference_at(CURVE, mixed, [lo, hi], method) == pytest.approx([-50.0, -10.0])
     assert np.expm1(((logs[1:] + logs[:-1]) / 2).mean()) * 100 == \
         pytest.approx(bd_rate(CURVE, mixed, method), abs=1e-3)
+
+
+def test_bd_rate_halves_say_which_half_of_the_range_holds_the_saving():
+    import numpy as np
+
+    lo, hi = CURVE[0][1], CURVE[-1][1]
+    qs = np.linspace(lo, hi, 201)
+    assert bd_rate_halves([-50.0] * 201) == pytest.approx((-50.0, -50.0, -50.0))
+    # half the bits below the middle quality, the same above it
+    step = np.where(qs <= (lo + hi) / 2, -50.0, 0.0)
+    lower, upper, whole = bd_rate_halves(step)
+    assert lower == pytest.approx(-50.0, abs=0.5) and upper == pytest.approx(0.0, abs=0.5)
+    mixed = [(r * (0.5 if i < 2 else 0.9), q) for i, (r, q) in enumerate(CURVE)]
+    assert bd_rate_halves(rate_difference_at(CURVE, mixed, qs))[2] == \
+        pytest.approx(bd_rate(CURVE, mixed), abs=0.01)
+    with pytest.raises(ValueError, match="at least 3 finite"):
+        bd_rate_halves([-10.0, None])
 
 
 def test_swapping_anchor_and_test_inverts_ratio():

@@ -15,9 +15,14 @@ Coding these with the MSE baseline and scoring the frozen task network on the re
 background perfectly and keeps the objects as the baseline codes them
 (``benchmarks/background_oracle_study.py``). An ICM codec can do better than that only by
 also spending less inside the objects.
+
+:func:`flat_shapes` goes one step further: every object painted its own mean colour on
+the flat background, the shapes and colours left and every other detail (shading, noise,
+texture) gone. A codec that knew the task needs only the shapes would code this.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -29,7 +34,7 @@ from icmlib.evaluation.bitmaps import object_mask
 #: the ways the oracle can replace the background
 FILLS = ("flat", "blur")
 
-__all__ = ["FILLS", "kept_region", "without_background"]
+__all__ = ["FILLS", "flat_shapes", "kept_region", "plot_oracle_curves", "without_background"]
 
 
 def kept_region(target: Mapping[str, Any], height: int, width: int, margin: int = 4) -> torch.Tensor:
@@ -61,3 +66,52 @@ def without_background(image: torch.Tensor, target: Mapping[str, Any], fill: str
         size = 2 * int(round(3 * sigma)) + 1
         filled = gaussian_blur(image[None], [size, size], [sigma, sigma])[0]
     return torch.where(keep, image, filled)
+
+
+def flat_shapes(image: torch.Tensor, target: Mapping[str, Any]) -> torch.Tensor:
+    """``image`` with its background flat (its mean colour) and every object's visible mask
+    painted the object's mean colour: nothing is left but the shapes and their colours."""
+    out = without_background(image, target, "flat", margin=0)
+    masks = target.get("masks")
+    for mask in ([] if masks is None else torch.as_tensor(masks) > 0):
+        if mask.any():
+            out[:, mask] = image[:, mask].mean(1, keepdim=True)
+    return out
+
+
+def plot_oracle_curves(rows, ax=None, metric_label: str = "box mAP@[.5:.95]"):
+    """Rate–accuracy curves of a background oracle study (the ``rows`` of
+    ``data/results/cpu/background_oracle_study.json``, or that file's path): one line per
+    codec and input through its frontier (the points no other point of it beats in both
+    bits and accuracy), every point marked, and the uncompressed inputs' accuracies."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from icmlib.evaluation.bdrate import frontier
+
+    if not isinstance(rows, list):
+        rows = json.loads(Path(rows).read_text())["rows"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 4.8))
+    reference = {r["input"]: r["map"] for r in rows if r["codec"] == "uncompressed"}
+    pairs = dict.fromkeys((r["codec"], r["input"]) for r in rows if r["codec"] != "uncompressed")
+    for codec, fill in pairs:
+        points = [(r["bpp"], r["map"]) for r in rows if (r["codec"], r["input"]) == (codec, fill)]
+        line = frontier(points)
+        oracle = fill != "none"
+        label = f"{codec}, {fill} input" if oracle else codec
+        drawn = ax.plot(*zip(*line), marker="o" if codec.startswith("MSE") else "s",
+                        linestyle="--" if oracle else "-", markersize=4, label=label)[0]
+        ax.plot(*zip(*points), linestyle="none", marker=".", color=drawn.get_color())
+    if "none" in reference:
+        ax.axhline(reference["none"], color="black", linestyle=":", linewidth=1.2,
+                   label=f"uncompressed ({reference['none']:.3f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("bits per pixel (real bytes, log scale)")
+    ax.set_ylabel(metric_label)
+    ax.set_title("What dropping the background saves: oracle inputs against the ICM codecs",
+                 fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return ax

@@ -1,0 +1,73 @@
+"""The background oracle: images whose background is replaced, and validation on them."""
+import pytest
+import torch
+
+from icmlib.codec import ICMCodec
+from icmlib.evaluation.oracle import flat_shapes, kept_region, without_background
+from icmlib.training.validation import validate_codec
+
+
+def _noisy_image_with_square():
+    torch.manual_seed(0)
+    image = torch.rand(3, 32, 32)
+    masks = torch.zeros(1, 32, 32, dtype=torch.uint8)
+    masks[0, 8:16, 8:16] = 1
+    return image, {"masks": masks}
+
+
+def test_flat_keeps_the_objects_and_their_margin_and_paints_the_rest_its_mean():
+    image, target = _noisy_image_with_square()
+    out = without_background(image, target, "flat", margin=2)
+    keep = kept_region(target, 32, 32, margin=2)
+    assert keep.sum() == 12 * 12  # the 8x8 square widened by 2 px on every side
+    assert torch.equal(out[:, keep], image[:, keep])
+    background = image[:, ~keep].mean(1)
+    assert torch.allclose(out[:, ~keep], background[:, None].expand(3, int((~keep).sum())))
+
+
+def test_blur_keeps_the_objects_and_smooths_the_background():
+    image, target = _noisy_image_with_square()
+    out = without_background(image, target, "blur", margin=0, sigma=2.0)
+    keep = kept_region(target, 32, 32, margin=0)
+    assert torch.equal(out[:, keep], image[:, keep])
+    assert out[:, ~keep].std() < 0.5 * image[:, ~keep].std()
+
+
+def test_an_image_without_objects_is_all_background():
+    image, _ = _noisy_image_with_square()
+    out = without_background(image, {"masks": torch.zeros(0, 32, 32)}, "flat")
+    assert torch.allclose(out, image.mean((1, 2))[:, None, None].expand_as(image))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda im, t: without_background(im, t, "black"), "unknown fill"),
+    (lambda im, t: without_background(im[None], t), r"one \[3, H, W\] image"),
+    (lambda im, t: without_background(im, t, margin=-1), "margin must be >= 0"),
+])
+def test_bad_arguments_are_refused_clearly(call, message):
+    image, target = _noisy_image_with_square()
+    with pytest.raises(ValueError, match=message):
+        call(image, target)
+
+
+def test_validate_codec_codes_the_images_it_is_given_instead_of_the_datasets():
+    torch.manual_seed(0)
+    net = ICMCodec(N=8, M=8).eval()
+    net.update(force=True)
+    noisy = [(torch.rand(3, 64, 64), {}) for _ in range(2)]
+    flat = [torch.full((3, 64, 64), 0.5) for _ in range(2)]
+    own = validate_codec(net, noisy, 2)
+    assert validate_codec(net, noisy, 2, images=[x for x, _ in noisy]) == own
+    given = validate_codec(net, noisy, 2, images=flat)
+    # PSNR is measured against what was coded: it tells which images were
+    assert abs(given["psnr"] - own["psnr"]) > 1
+    with pytest.raises(ValueError, match="got 1 images for 2 dataset entries"):
+        validate_codec(net, noisy, 2, images=flat[:1])
+
+
+def test_flat_shapes_leaves_each_object_its_mean_colour_and_nothing_else():
+    image, target = _noisy_image_with_square()
+    out = flat_shapes(image, target)
+    inside = target["masks"][0] > 0
+    assert torch.allclose(out[:, inside], image[:, inside].mean(1, keepdim=True).expand(3, 64))
+    assert torch.allclose(out[:, ~inside], image[:, ~inside].mean(1, keepdim=True).expand(3, 32 * 32 - 64))
