@@ -1,24 +1,30 @@
-"""What could dropping the background save? (data/results/cpu/background_oracle_study.*)
+"""What could dropping the background save? (data/results/cpu/background_oracle_<task>.*)
 
-Against the MSE baseline the ICM codecs save about 30 % of the bits at equal box mAP, and
+Against the MSE baseline the ICM codecs save about 30 % of the bits at equal task mAP, and
 only 16–21 % over the lower half of the accuracy range (chapter 9). The issue asks for
 40 %. How much is there to save on this world? An ICM codec saves by spending less where
-the detector does not look, and the first such place is the background. This study gives
-the MSE baseline an oracle: images whose background (everything farther than a few pixels
-from a ground-truth object mask) is replaced by its mean colour (``flat``) or blurred
-(``blur``) before coding (:mod:`icmlib.evaluation.oracle`). The frozen detector is scored
-on the decoded images against the same ground truth. The oracle's BD-rate against the
-baseline on the real images is what a codec could save by dropping the background
-perfectly while coding the objects as the baseline does (``shapes`` also drops everything
-inside the objects but their mean colours); the ICM codecs are measured
-beside it on the same validation images (recipes and diagnoses use validation data; the
-test split chooses nothing). The ICM fixed codec is also given the flat oracle, which
+the task network does not look, and the first such place is the background. This study
+gives the MSE baseline an oracle (:mod:`icmlib.evaluation.oracle`), images that keep what
+the task needs and drop the rest before coding:
+
+* ``flat``: everything farther than ``MARGIN`` pixels from a ground-truth object mask
+  replaced by the background's mean colour;
+* ``blur``: the same region blurred instead (the coarse context stays);
+* ``shapes``: the flat background, and each object painted its own mean colour.
+
+The frozen task network is scored on the decoded images against the same ground truth.
+An oracle's BD-rate against the baseline on the real images is what a codec could save by
+dropping that detail perfectly while coding the rest as the baseline does. The ICM codecs
+are measured beside it on the same validation images (diagnoses use validation data; the
+test split chooses nothing), and the ICM fixed codec is also given the flat oracle, which
 says how much background its own bits still carry.
 
-    ICM_CACHE=.cache/book python benchmarks/background_oracle_study.py
+    ICM_CACHE=.cache/book python benchmarks/background_oracle_study.py [detection|instance]
 
-Every codec is a shipped one (nothing trains); about 15 min on 2 threads.
+Every codec is a shipped one (nothing trains); about 4 min on 2 threads.
 """
+import sys
+
 import numpy as np
 import torch
 from study import OUT, header, run_study
@@ -34,24 +40,24 @@ from icmlib.training.validation import validate_codec
 IMAGES = 64
 MARGIN = 2
 COMMAND = "ICM_CACHE=.cache/book python benchmarks/background_oracle_study.py"
+METRIC = {"detection": "box mAP", "instance": "mask mAP"}
 BASELINE = "MSE baseline"
 ORIGINAL = "none"
-#: the oracle inputs: how each replaces what the detector does not need
+#: the oracle inputs: how each replaces what the task network does not need
 ORACLES = {"flat": lambda x, t: without_background(x, t, "flat", margin=MARGIN),
            "blur": lambda x, t: without_background(x, t, "blur", margin=MARGIN),
            "shapes": flat_shapes}
 
 
-def codecs(preset):
-    """(name, fills it is measured on, [(rate group, checkpoint)]) of every codec compared."""
+def codecs(preset, task):
+    """(name, inputs it is measured on, [(rate group, checkpoint)]) of every codec compared."""
     baseline = [(g, baseline_run(preset, g, progress=False))
                 for g in ("mse-low", "low", "mse-mid", "all")]
     yield BASELINE, (ORIGINAL, *ORACLES), baseline
     for strategy in ("fixed", "dynamic", "auto"):
         fills = (ORIGINAL, "flat") if strategy == "fixed" else (ORIGINAL,)
         yield (f"ICM {strategy}", fills,
-               [(g, codec_run(preset, "detection", strategy, g, progress=False))
-                for g in ("low", "all")])
+               [(g, codec_run(preset, task, strategy, g, progress=False)) for g in ("low", "all")])
 
 
 def inputs(val, fill):
@@ -63,20 +69,20 @@ def inputs(val, fill):
 
 
 @torch.no_grad()
-def measure(preset):
+def measure(preset, task):
     val = dataset_for(preset, "val", train=False)
-    frozen = FrozenTask(task_network("detection", preset, progress=False), "detection")
+    frozen = FrozenTask(task_network(task, preset, progress=False), task)
     images = {fill: inputs(val, fill) for fill in (ORIGINAL, *ORACLES)}
     rows = [{"codec": "uncompressed", "input": fill, "bpp": None, "psnr": None,
-             "map": float(evaluate_task(frozen, "detection", val, images=images[fill],
+             "map": float(evaluate_task(frozen, task, val, images=images[fill],
                                         max_images=IMAGES)["score"])} for fill in images]
     print(rows, flush=True)
-    for name, fills, groups in codecs(preset):
+    for name, fills, groups in codecs(preset, task):
         for group, ckpt in groups:
             for point in range(len(resolve_rate(preset, group)[1])):
                 net = codec_at_rate(ckpt, point)
                 for fill in fills:
-                    m = validate_codec(net, val, IMAGES, frozen, "detection", images=images[fill])
+                    m = validate_codec(net, val, IMAGES, frozen, task, images=images[fill])
                     rows.append({"codec": name, "input": fill, "rates": group, "point": point,
                                  "bpp": m["bpp"], "psnr": m["psnr"], "map": m["task_score"]})
                     print(rows[-1], flush=True)
@@ -93,7 +99,7 @@ def saving(rows, codec, fill, levels=201):
     lo, hi, _ = overlap((min(q for _, q in anchor), max(q for _, q in anchor)),
                         (min(q for _, q in test), max(q for _, q in test)))
     if hi <= lo:
-        return "no common box mAP range", "", "", ""
+        return "no common range", "", "", ""
     try:
         percents = rate_difference_at(anchor, test, np.linspace(lo, hi, levels), quality_name="mAP")
     except BDRateError as e:
@@ -101,46 +107,55 @@ def saving(rows, codec, fill, levels=201):
     return (f"{lo:.3f}–{hi:.3f}", *(f"{p:+.1f} %" for p in bd_rate_halves(percents)))
 
 
-def markdown(rows, meta):
-    lines = header("Dropping the background: an oracle against the ICM codecs (detection)", meta,
-                   f"{IMAGES} validation images; box mAP@[.5:.95] of the frozen detector on the "
-                   f"decoded images against the original ground truth",
+def markdown(task, rows, meta):
+    metric = METRIC[task]
+    lines = header(f"Dropping the background: an oracle against the ICM codecs ({task})", meta,
+                   f"{IMAGES} validation images; {metric}@[.5:.95] of the frozen {task} network "
+                   f"on the decoded images against the original ground truth",
                    f"oracle inputs: everything farther than {MARGIN} px from an object mask "
                    f"replaced by the background's mean colour (flat) or a Gaussian blur, "
                    f"σ = 4 px (blur); shapes: the flat background and every object painted "
-                   f"its mean colour", "figure: background_oracle_study.png")
-    lines += ["Uncompressed inputs:", "", "| input | box mAP |", "|---|---|"]
+                   f"its mean colour", f"figure: background_oracle_{task}.png")
+    lines += ["Uncompressed inputs:", "", f"| input | {metric} |", "|---|---|"]
     lines += [f"| {r['input']} | {r['map']:.3f} |" for r in rows if r["codec"] == "uncompressed"]
-    lines += ["", "BD-rate against the MSE baseline on the real images, at equal box mAP "
+    lines += ["", f"BD-rate against the MSE baseline on the real images, at equal {metric} "
               "(negative: fewer bits), over the lower half, the upper half and the whole of "
-              "the box mAP range both curves cover:", "",
-              "| codec | input | box mAP range | lower half | upper half | whole range |",
+              f"the {metric} range both curves cover:", "",
+              f"| codec | input | {metric} range | lower half | upper half | whole range |",
               "|---|---|---|---|---|---|"]
     pairs = dict.fromkeys((r["codec"], r["input"]) for r in rows
                           if r["codec"] != "uncompressed" and (r["codec"], r["input"]) !=
                           (BASELINE, ORIGINAL))
     lines += [f"| {c} | {f} | " + " | ".join(saving(rows, c, f)) + " |" for c, f in pairs]
     lines += ["", "Every point:", "", "| codec | input | rates | point | bpp | PSNR (to its input) "
-              "| box mAP |", "|---|---|---|---|---|---|---|"]
+              f"| {metric} |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['codec']} | {r['input']} | {r['rates']} | {r['point']} | {r['bpp']:.4f} | "
               f"{r['psnr']:.2f} | {r['map']:.3f} |" for r in rows if r["codec"] != "uncompressed"]
     return "\n".join(lines) + "\n"
 
 
-def figure(rows):
+def figure(task, rows):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ax = plot_oracle_curves(rows)
+    ax = plot_oracle_curves(rows, metric_label=f"{METRIC[task]}@[.5:.95] ({task})")
     ax.figure.tight_layout()
-    ax.figure.savefig(OUT / "background_oracle_study.png", dpi=110)
+    ax.figure.savefig(OUT / f"background_oracle_{task}.png", dpi=110)
     plt.close(ax.figure)
 
 
-def main():
-    figure(run_study("background_oracle_study", COMMAND, 2, lambda: measure(get_preset("cpu")),
-                     markdown))
+def main(argv=None):
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args) or len(args) > 1 or \
+            (args and args[0] not in METRIC):
+        print(__doc__)
+        return
+    task = args[0] if args else "detection"
+    rows = run_study(f"background_oracle_{task}", " ".join([COMMAND, task]), 2,
+                     lambda: measure(get_preset("cpu"), task),
+                     lambda rows, meta: markdown(task, rows, meta))
+    figure(task, rows)
 
 
 if __name__ == "__main__":

@@ -71,3 +71,25 @@ def test_flat_shapes_leaves_each_object_its_mean_colour_and_nothing_else():
     inside = target["masks"][0] > 0
     assert torch.allclose(out[:, inside], image[:, inside].mean(1, keepdim=True).expand(3, 64))
     assert torch.allclose(out[:, ~inside], image[:, ~inside].mean(1, keepdim=True).expand(3, 32 * 32 - 64))
+
+
+def test_the_oracle_study_figure_draws_a_line_per_codec_and_input(tmp_path):
+    import json
+
+    import matplotlib
+    matplotlib.use("Agg")
+    from icmlib.evaluation.oracle import plot_oracle_curves
+
+    rows = [{"codec": "uncompressed", "input": "none", "bpp": None, "map": 0.5}]
+    for codec, fill, scale in [("MSE baseline", "none", 1.0), ("MSE baseline", "flat", 0.8),
+                               ("ICM fixed", "none", 0.6)]:
+        rows += [{"codec": codec, "input": fill, "bpp": scale * b, "map": m}
+                 for b, m in [(0.05, 0.2), (0.1, 0.4), (0.2, 0.45), (0.3, 0.44)]]
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps({"meta": {}, "rows": rows}))
+    ax = plot_oracle_curves(path)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["MSE baseline", "MSE baseline, flat input", "ICM fixed",
+                      "uncompressed (0.500)"]
+    first = ax.get_lines()[0]
+    assert len(first.get_xdata()) == 3  # the frontier: (0.3, 0.44) is beaten by (0.2, 0.45)

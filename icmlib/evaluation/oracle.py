@@ -108,6 +108,11 @@ def plot_oracle_curves(rows, ax=None, metric_label: str = "box mAP@[.5:.95]"):
         ax.axhline(reference["none"], color="black", linestyle=":", linewidth=1.2,
                    label=f"uncompressed ({reference['none']:.3f})")
     ax.set_xscale("log")
+    rates = [r["bpp"] for r in rows if r["bpp"]]
+    ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+             if min(rates) / 1.5 <= t <= max(rates) * 1.5]  # plain numbers, not 4×10⁻²
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.set_xlabel("bits per pixel (real bytes, log scale)")
     ax.set_ylabel(metric_label)
     ax.set_title("What dropping the background saves: oracle inputs against the ICM codecs",
