@@ -25,13 +25,12 @@ Every codec is a shipped one (nothing trains); about 4 min on 2 threads.
 """
 import sys
 
-import numpy as np
 import torch
 from study import OUT, header, run_study
 
 from icmlib.data import dataset_for
-from icmlib.evaluation.bdrate import BDRateError, bd_rate_halves, overlap, rate_difference_at
-from icmlib.evaluation.oracle import flat_shapes, plot_oracle_curves, without_background
+from icmlib.evaluation.oracle import (BASELINE, ORIGINAL, flat_shapes, oracle_savings,
+                                     plot_oracle_curves, without_background)
 from icmlib.presets import get_preset
 from icmlib.tasks import FrozenTask, evaluate_task, task_network
 from icmlib.training import baseline_run, codec_at_rate, codec_run, resolve_rate
@@ -41,8 +40,6 @@ IMAGES = 64
 MARGIN = 2
 COMMAND = "ICM_CACHE=.cache/book python benchmarks/background_oracle_study.py"
 METRIC = {"detection": "box mAP", "instance": "mask mAP"}
-BASELINE = "MSE baseline"
-ORIGINAL = "none"
 #: the oracle inputs: how each replaces what the task network does not need
 ORACLES = {"flat": lambda x, t: without_background(x, t, "flat", margin=MARGIN),
            "blur": lambda x, t: without_background(x, t, "blur", margin=MARGIN),
@@ -89,22 +86,11 @@ def measure(preset, task):
     return rows
 
 
-def curve(rows, codec, fill):
-    return sorted((r["bpp"], r["map"]) for r in rows if r["codec"] == codec and r["input"] == fill)
-
-
-def saving(rows, codec, fill, levels=201):
-    """BD-rate against the baseline on the real images: lower half, upper half, whole."""
-    anchor, test = curve(rows, BASELINE, ORIGINAL), curve(rows, codec, fill)
-    lo, hi, _ = overlap((min(q for _, q in anchor), max(q for _, q in anchor)),
-                        (min(q for _, q in test), max(q for _, q in test)))
-    if hi <= lo:
-        return "no common range", "", "", ""
-    try:
-        percents = rate_difference_at(anchor, test, np.linspace(lo, hi, levels), quality_name="mAP")
-    except BDRateError as e:
-        return f"n/a ({e})", "", "", ""
-    return (f"{lo:.3f}–{hi:.3f}", *(f"{p:+.1f} %" for p in bd_rate_halves(percents)))
+def saving(row):
+    """A row of ``oracle_savings`` as table cells."""
+    if row["whole"] is None:
+        return f"n/a ({row['note']})", "", ""
+    return tuple(f"{row[k]:+.1f} %" for k in ("lower", "upper", "whole"))
 
 
 def markdown(task, rows, meta):
@@ -118,15 +104,13 @@ def markdown(task, rows, meta):
                    f"its mean colour", f"figure: background_oracle_{task}.png")
     lines += ["Uncompressed inputs:", "", f"| input | {metric} |", "|---|---|"]
     lines += [f"| {r['input']} | {r['map']:.3f} |" for r in rows if r["codec"] == "uncompressed"]
+    savings = oracle_savings(rows)
+    lo, hi = savings[0]["range"]
     lines += ["", f"BD-rate against the MSE baseline on the real images, at equal {metric} "
               "(negative: fewer bits), over the lower half, the upper half and the whole of "
-              f"the {metric} range both curves cover:", "",
-              f"| codec | input | {metric} range | lower half | upper half | whole range |",
-              "|---|---|---|---|---|---|"]
-    pairs = dict.fromkeys((r["codec"], r["input"]) for r in rows
-                          if r["codec"] != "uncompressed" and (r["codec"], r["input"]) !=
-                          (BASELINE, ORIGINAL))
-    lines += [f"| {c} | {f} | " + " | ".join(saving(rows, c, f)) + " |" for c, f in pairs]
+              f"the {metric} range every curve covers, {lo:.3f}–{hi:.3f}:", "",
+              "| codec | input | lower half | upper half | whole range |", "|---|---|---|---|---|"]
+    lines += [f"| {r['codec']} | {r['input']} | " + " | ".join(saving(r)) + " |" for r in savings]
     lines += ["", "Every point:", "", "| codec | input | rates | point | bpp | PSNR (to its input) "
               f"| {metric} |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['codec']} | {r['input']} | {r['rates']} | {r['point']} | {r['bpp']:.4f} | "
@@ -147,10 +131,11 @@ def figure(task, rows):
 
 def main(argv=None):
     args = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in args) or len(args) > 1 or \
-            (args and args[0] not in METRIC):
+    if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return
+    if len(args) > 1 or (args and args[0] not in METRIC):
+        sys.exit(f"usage: background_oracle_study.py [{'|'.join(METRIC)}] (got {' '.join(args)})")
     task = args[0] if args else "detection"
     rows = run_study(f"background_oracle_{task}", " ".join([COMMAND, task]), 2,
                      lambda: measure(get_preset("cpu"), task),

@@ -93,3 +93,25 @@ def test_the_oracle_study_figure_draws_a_line_per_codec_and_input(tmp_path):
                       "uncompressed (0.500)"]
     first = ax.get_lines()[0]
     assert len(first.get_xdata()) == 3  # the frontier: (0.3, 0.44) is beaten by (0.2, 0.45)
+
+
+def test_oracle_savings_are_bd_rates_against_the_baseline_over_one_common_range():
+    from icmlib.evaluation.oracle import oracle_savings
+
+    points = [(0.05, 0.2), (0.1, 0.4), (0.2, 0.45), (0.4, 0.5)]
+    rows = [{"codec": "uncompressed", "input": "none", "bpp": None, "map": 0.5}]
+    rows += [{"codec": "MSE baseline", "input": "none", "bpp": b, "map": m} for b, m in points]
+    rows += [{"codec": "MSE baseline", "input": "flat", "bpp": b / 2, "map": m} for b, m in points]
+    rows += [{"codec": "ICM fixed", "input": "none", "bpp": b / 4, "map": m} for b, m in points]
+    # a codec that starts higher up: every row is measured over its range, 0.4-0.5
+    rows += [{"codec": "ICM auto", "input": "none", "bpp": b / 2, "map": m} for b, m in points[1:]]
+    flat, fixed, auto = oracle_savings(rows)
+    assert [(r["codec"], r["input"]) for r in (flat, fixed, auto)] == [
+        ("MSE baseline", "flat"), ("ICM fixed", "none"), ("ICM auto", "none")]
+    assert flat["range"] == fixed["range"] == auto["range"] == (0.4, 0.5)
+    assert [flat[k] for k in ("lower", "upper", "whole")] == pytest.approx([-50.0] * 3)
+    assert [fixed[k] for k in ("lower", "upper", "whole")] == pytest.approx([-75.0] * 3)
+    assert auto["whole"] == pytest.approx(-50.0, abs=2)  # its own fit through 3 points
+    rows += [{"codec": "ICM high", "input": "none", "bpp": 1.0 + m, "map": m} for m in (0.6, 0.7)]
+    assert all(r["whole"] is None and "no accuracy range in common" in r["note"]
+               for r in oracle_savings(rows))

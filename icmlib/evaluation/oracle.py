@@ -34,7 +34,11 @@ from icmlib.evaluation.bitmaps import object_mask
 #: the ways the oracle can replace the background
 FILLS = ("flat", "blur")
 
-__all__ = ["FILLS", "flat_shapes", "kept_region", "plot_oracle_curves", "without_background"]
+__all__ = ["FILLS", "flat_shapes", "kept_region", "oracle_savings", "plot_oracle_curves",
+           "study_rows", "without_background"]
+
+#: in a study's rows: the real images' input, the baseline every saving is measured against
+ORIGINAL, BASELINE = "none", "MSE baseline"
 
 
 def kept_region(target: Mapping[str, Any], height: int, width: int, margin: int = 4) -> torch.Tensor:
@@ -79,34 +83,78 @@ def flat_shapes(image: torch.Tensor, target: Mapping[str, Any]) -> torch.Tensor:
     return out
 
 
-def plot_oracle_curves(rows, ax=None, metric_label: str = "box mAP@[.5:.95]"):
-    """Rate–accuracy curves of a background oracle study (the ``rows`` of
-    ``data/results/cpu/background_oracle_study.json``, or that file's path): one line per
-    codec and input through its frontier (the points no other point of it beats in both
-    bits and accuracy), every point marked, and the uncompressed inputs' accuracies."""
-    import json
+def study_rows(rows):
+    """The rows of an oracle study: ``rows`` itself, or read from the study's JSON file
+    (``data/results/cpu/background_oracle_<task>.json``): one dict per measured point,
+    ``codec``, ``input`` (``"none"`` or an oracle), ``bpp`` and ``map``; the codec
+    ``"uncompressed"`` has the uncoded inputs' accuracies."""
+    if isinstance(rows, (str, Path)):
+        import json
+        rows = json.loads(Path(rows).read_text())["rows"]
+    return list(rows)
 
+
+def _curve(rows, codec, fill):
+    return [(r["bpp"], r["map"]) for r in rows if (r["codec"], r["input"]) == (codec, fill)]
+
+
+def oracle_savings(rows, levels: int = 201):
+    """Per codec and input of an oracle study: its BD-rate (percent) against the MSE baseline
+    on the real images over the lower half, the upper half and the whole of one accuracy
+    range, the one every curve of the study covers, so that the rows compare
+    (:func:`~icmlib.evaluation.bdrate.bd_rate_halves`). A list of dicts, each with that
+    ``range``; ``lower``/``upper``/``whole`` are ``None`` (and ``note`` says why) where
+    the curves have no range in common."""
+    import numpy as np
+
+    from icmlib.evaluation.bdrate import bd_rate_halves, frontier, rate_difference_at
+
+    rows = study_rows(rows)
+    pairs = [p for p in dict.fromkeys((r["codec"], r["input"]) for r in rows)
+             if p[0] != "uncompressed"]
+    fronts = {p: frontier(_curve(rows, *p)) for p in pairs}
+    lo = max(f[0][1] for f in fronts.values())   # a frontier rises: first point lowest
+    hi = min(f[-1][1] for f in fronts.values())
+    anchor = fronts[(BASELINE, ORIGINAL)]
+    out = []
+    for pair in pairs:
+        if pair == (BASELINE, ORIGINAL):
+            continue
+        row = {"codec": pair[0], "input": pair[1], "range": (lo, hi), "lower": None,
+               "upper": None, "whole": None, "note": ""}
+        if hi > lo:
+            row["lower"], row["upper"], row["whole"] = bd_rate_halves(rate_difference_at(
+                anchor, fronts[pair], np.linspace(lo, hi, levels), quality_name="mAP"))
+        else:
+            row["note"] = "the curves have no accuracy range in common"
+        out.append(row)
+    return out
+
+
+def plot_oracle_curves(rows, ax=None, metric_label: str = "box mAP@[.5:.95]"):
+    """Rate–accuracy curves of an oracle study (:func:`study_rows`): one line per codec and
+    input through its frontier (the points no other point of it beats in both bits and
+    accuracy), every point marked, and the uncompressed images' accuracy."""
     import matplotlib.pyplot as plt
 
     from icmlib.evaluation.bdrate import frontier
 
-    if not isinstance(rows, list):
-        rows = json.loads(Path(rows).read_text())["rows"]
+    rows = study_rows(rows)
     if ax is None:
         _, ax = plt.subplots(figsize=(7.5, 4.8))
     reference = {r["input"]: r["map"] for r in rows if r["codec"] == "uncompressed"}
     pairs = dict.fromkeys((r["codec"], r["input"]) for r in rows if r["codec"] != "uncompressed")
     for codec, fill in pairs:
-        points = [(r["bpp"], r["map"]) for r in rows if (r["codec"], r["input"]) == (codec, fill)]
+        points = _curve(rows, codec, fill)
         line = frontier(points)
-        oracle = fill != "none"
+        oracle = fill != ORIGINAL
         label = f"{codec}, {fill} input" if oracle else codec
         drawn = ax.plot(*zip(*line), marker="o" if codec.startswith("MSE") else "s",
                         linestyle="--" if oracle else "-", markersize=4, label=label)[0]
         ax.plot(*zip(*points), linestyle="none", marker=".", color=drawn.get_color())
-    if "none" in reference:
-        ax.axhline(reference["none"], color="black", linestyle=":", linewidth=1.2,
-                   label=f"uncompressed ({reference['none']:.3f})")
+    if ORIGINAL in reference:
+        ax.axhline(reference[ORIGINAL], color="black", linestyle=":", linewidth=1.2,
+                   label=f"uncompressed ({reference[ORIGINAL]:.3f})")
     ax.set_xscale("log")
     rates = [r["bpp"] for r in rows if r["bpp"]]
     ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
