@@ -16,6 +16,7 @@ results files, the reproduction and its figures.
 ``reproduction`` :func:`reproduce`: train or load, evaluate, write (``icm reproduce``)
 ``plots``        rate-accuracy curves, the BD illustration, weighting and training logs
 ``bitmaps``      where the bits go: estimated bits per block, inside and outside objects
+``oracle``       how much dropping the background could save: images without it, savings
 ``convergence``  the convergence study (``python -m icmlib.evaluation.convergence``)
 ================ ========================================================================
 """

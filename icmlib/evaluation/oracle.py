@@ -41,7 +41,7 @@ __all__ = ["FILLS", "flat_shapes", "kept_region", "oracle_savings", "plot_oracle
 ORIGINAL, BASELINE = "none", "MSE baseline"
 
 
-def kept_region(target: Mapping[str, Any], height: int, width: int, margin: int = 4) -> torch.Tensor:
+def kept_region(target: Mapping[str, Any], height: int, width: int, margin: int = 2) -> torch.Tensor:
     """The objects' union widened by ``margin`` pixels, [H, W] bool."""
     if margin < 0:
         raise ValueError(f"margin must be >= 0 pixels, got {margin}")
@@ -52,7 +52,7 @@ def kept_region(target: Mapping[str, Any], height: int, width: int, margin: int 
 
 
 def without_background(image: torch.Tensor, target: Mapping[str, Any], fill: str = "flat", *,
-                       margin: int = 4, sigma: float = 4.0) -> torch.Tensor:
+                       margin: int = 2, sigma: float = 4.0) -> torch.Tensor:
     """``image`` ([3, H, W] in [0, 1]) with its background replaced by ``fill`` (see the
     module docstring); the pixels within ``margin`` of an object are kept as they are.
     An image with no objects becomes all background."""
