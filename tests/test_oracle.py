@@ -90,7 +90,7 @@ def test_the_oracle_study_figure_draws_a_line_per_codec_and_input(tmp_path):
     ax = plot_oracle_curves(path)
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["MSE baseline", "MSE baseline, flat input", "ICM fixed",
-                      "uncompressed (0.500)"]
+                      "uncompressed (0.500)", "the range the savings cover"]
     first = ax.get_lines()[0]
     assert len(first.get_xdata()) == 3  # the frontier: (0.3, 0.44) is beaten by (0.2, 0.45)
 

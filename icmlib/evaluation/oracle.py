@@ -134,7 +134,8 @@ def oracle_savings(rows, levels: int = 201):
 def plot_oracle_curves(rows, ax=None, metric_label: str = "box mAP@[.5:.95]"):
     """Rate–accuracy curves of an oracle study (:func:`study_rows`): one line per codec and
     input through its frontier (the points no other point of it beats in both bits and
-    accuracy), every point marked, and the uncompressed images' accuracy."""
+    accuracy), every point marked, the uncompressed images' accuracy, and shaded, the
+    accuracy range :func:`oracle_savings` measures over."""
     import matplotlib.pyplot as plt
 
     from icmlib.evaluation.bdrate import frontier
@@ -155,6 +156,10 @@ def plot_oracle_curves(rows, ax=None, metric_label: str = "box mAP@[.5:.95]"):
     if ORIGINAL in reference:
         ax.axhline(reference[ORIGINAL], color="black", linestyle=":", linewidth=1.2,
                    label=f"uncompressed ({reference[ORIGINAL]:.3f})")
+    savings = oracle_savings(rows, levels=3)
+    if savings and savings[0]["whole"] is not None:
+        ax.axhspan(*savings[0]["range"], color="grey", alpha=0.1,
+                   label="the range the savings cover")
     ax.set_xscale("log")
     rates = [r["bpp"] for r in rows if r["bpp"]]
     ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
