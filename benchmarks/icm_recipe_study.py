@@ -9,7 +9,10 @@ measures all of them on the same validation images (recipes are chosen on valida
 the test split chooses nothing): real bpp, PSNR and box mAP at every rate point, and the
 BD-rate of each variant against the shipped codec.
 
-    ICM_CACHE=.cache/book python benchmarks/icm_recipe_study.py [FIELD=VALUE ...]
+    ICM_CACHE=.cache/book python benchmarks/icm_recipe_study.py [--task instance] [FIELD=VALUE ...]
+
+``--task instance`` trains and measures the instance-segmentation codec instead (mask mAP;
+``icm_recipe_study_instance.*``).
 
 Each FIELD=VALUE is one variant (default: the variants below). A variant's codec is the
 recipe's own (``codec_run`` with the changed preset): it trains into
@@ -32,7 +35,8 @@ from icmlib.training import codec_at_rate, codec_run
 from icmlib.training.validation import validate_codec
 
 IMAGES = 64
-TASK, STRATEGY = "detection", "fixed"
+STRATEGY = "fixed"
+METRIC = {"detection": "box mAP", "instance": "mask mAP"}
 # τ three times larger and smaller than shipped; μ about three times smaller and larger
 # (μ = 0 is measured already: with no pixel term the decoded images leave the detector's
 # world, 5.9 dB and box mAP 0.19; data/results/cpu/object_share_study.md)
@@ -42,28 +46,28 @@ COMMAND = "ICM_CACHE=.cache/book python benchmarks/icm_recipe_study.py"
 SHIPPED = "shipped"
 
 
-def codec_with(preset, field, value):
+def codec_with(preset, task, field, value):
     """The ICM codec of the recipe with ``field = value``: trained (or found) by the recipe
     itself, from the shipped MSE codec, since an ICM setting is not in an MSE codec's key."""
-    return codec_run(preset.replace(**{field: value}, train_threads=2), TASK, STRATEGY, "all",
+    return codec_run(preset.replace(**{field: value}, train_threads=2), task, STRATEGY, "all",
                      progress=False)
 
 
-def measure(preset, variants):
+def measure(preset, task, variants):
     val = dataset_for(preset, "val", train=False)
-    frozen = FrozenTask(task_network(TASK, preset, progress=False), TASK)
-    codecs = {SHIPPED: lambda: codec_run(preset, TASK, STRATEGY, "all", progress=False)}
+    frozen = FrozenTask(task_network(task, preset, progress=False), task)
+    codecs = {SHIPPED: lambda: codec_run(preset, task, STRATEGY, "all", progress=False)}
     for text in variants:
         field, value = preset_override(text)
         if isinstance(getattr(preset, field, None), float):
             value = float(value)  # τ = 300 and 300.0 are one recipe, with one key
         preset.replace(**{field: value})  # an unknown field is refused before any training
-        codecs[f"{field}={value:g}"] = lambda f=field, v=value: codec_with(preset, f, v)
+        codecs[f"{field}={value:g}"] = lambda f=field, v=value: codec_with(preset, task, f, v)
     rows = []
     for variant, load in codecs.items():
         ckpt = load()
         for point in range(len(preset.rd_lambdas)):
-            m = validate_codec(codec_at_rate(ckpt, point), val, IMAGES, frozen, TASK)
+            m = validate_codec(codec_at_rate(ckpt, point), val, IMAGES, frozen, task)
             rows.append({"variant": variant, "point": point, "bpp": m["bpp"],
                          "psnr": m["psnr"], "map": m["task_score"]})
             print(rows[-1], flush=True)
@@ -78,30 +82,41 @@ def bd_rate_against_shipped(rows, variant):
         return f"n/a ({e})"
 
 
-def markdown(rows, meta):
-    preset = get_preset("cpu")
-    lines = header(f"ICM loss recipe variants, detection, fixed weighting (shipped: "
+def markdown(task, rows, meta):
+    preset, metric = get_preset("cpu"), METRIC[task]
+    lines = header(f"ICM loss recipe variants, {task}, fixed weighting (shipped: "
                    f"τ = {preset.icm_task_weight:g}, μ = {preset.icm_mse_weight:g})", meta,
-                   f"{IMAGES} validation images; box mAP@[.5:.95] of the frozen detector on "
-                   f"the decoded images; every codec {preset.icm_steps} steps from the "
-                   f"same MSE codec")
-    lines += ["| variant | rate point | bpp | PSNR | box mAP |", "|---|---|---|---|---|"]
+                   f"{IMAGES} validation images; {metric}@[.5:.95] of the frozen {task} "
+                   f"network on the decoded images; every codec {preset.icm_steps} steps "
+                   f"from the same MSE codec")
+    lines += [f"| variant | rate point | bpp | PSNR | {metric} |", "|---|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['point']} | {r['bpp']:.3f} | {r['psnr']:.2f} | "
               f"{r['map']:.3f} |" for r in rows]
     variants = [v for v in dict.fromkeys(r["variant"] for r in rows) if v != SHIPPED]
-    lines += ["", "BD-rate against the shipped codec at equal box mAP (negative: fewer bits):", ""]
+    lines += ["", f"BD-rate against the shipped codec at equal {metric} (negative: fewer bits):",
+              ""]
     lines += [f"- {v}: {bd_rate_against_shipped(rows, v)}" for v in variants]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
-    variants = (sys.argv[1:] if argv is None else argv) or VARIANTS
-    if any(a in ("-h", "--help") for a in variants):
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return
-    command = " ".join([COMMAND, *variants]) if variants != VARIANTS else COMMAND
-    run_study("icm_recipe_study", command, 2,
-              lambda: measure(get_preset("cpu"), variants), markdown)
+    task = "detection"
+    if "--task" in args:
+        at = args.index("--task")
+        task = args[at + 1] if at + 1 < len(args) else ""
+        del args[at:at + 2]
+        if task not in METRIC:
+            sys.exit(f"--task takes one of {', '.join(METRIC)}, got {task!r}")
+    variants = args or VARIANTS
+    words = ([] if task == "detection" else ["--task", task]) + list(args)
+    name = "icm_recipe_study" + ("" if task == "detection" else f"_{task}")
+    run_study(name, " ".join([COMMAND, *words]), 2,
+              lambda: measure(get_preset("cpu"), task, variants),
+              lambda rows, meta: markdown(task, rows, meta))
 
 
 if __name__ == "__main__":
