@@ -307,8 +307,9 @@ def _cmd_train(args) -> int:
 # ---- evaluate / reproduce --------------------------------------------------------------
 def _add_evaluate_commands(sub) -> None:
     p = sub.add_parser(
-        "evaluate", help="measure codecs on the validation images: bpp, PSNR, task mAP",
-        description="Encode the preset's validation images with each codec to real bytes, "
+        "evaluate", help="measure codecs on the test images: bpp, PSNR, task mAP",
+        description="Encode the preset's test images (the split no recipe was chosen on) "
+                    "with each codec to real bytes, "
                     "decode them, and measure bpp, PSNR, MS-SSIM and the frozen task networks' "
                     "accuracy (COCO mAP); the uncompressed reference too. Writes a results "
                     "JSON (schema: icmlib.evaluation.results) that 'icm evaluate --plot' and the book draw.")

@@ -122,7 +122,7 @@ class Preset:
 
     # --- reproduction (icmlib.evaluation.reproduce, `icm reproduce`) ---------------------------------
     # Its codecs are codec_for's (rate points rd_lambdas; steps above), so the book and the
-    # reproduction share them. See icmlib/evaluation/reproduce.py for the budget of each preset.
+    # reproduction share them. See icmlib/evaluation/reproduction.py for the budget of each preset.
     repro_eval_images: int = 32         # test images every codec is evaluated on (0: all)
     repro_anchors: Tuple[str, ...] = () # anchor names (icmlib.evaluation.anchors.ANCHORS); () = all
     repro_anchor_points: int = 6        # settings per anchor, spread over its range; 0 = all
@@ -215,9 +215,9 @@ PRESETS = {
         # Steps: the convergence study (data/results/cpu/convergence.md) trained the base
         # MSE codec for 20000 steps, 10x the 2000 of the first runs, whose codecs were far
         # from converged. One variable-rate codec per (task, strategy) serves the 4 rate
-        # points (7 codecs instead of 28: a shipped set under 40 MB, and a quarter of the
-        # training): MSE from the base for codec_finetune_steps, each ICM codec from it for
-        # icm_steps, the rates taking turns.
+        # points (7 codecs instead of 28 for these four points: a quarter of the training and
+        # of the shipped bytes): MSE from the base for codec_finetune_steps, each ICM codec
+        # from it for icm_steps, the rates taking turns.
         # low_rd_lambdas: two lower rate points (a second variable-rate codec per task and
         # strategy, 1000/750 steps per rate as above) so every curve reaches the anchors'
         # lowest accuracies. Measured: one six-rate MSE codec (6000 steps) lost 0.3 dB at

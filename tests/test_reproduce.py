@@ -213,6 +213,26 @@ def test_reproduce_variable_rate_codecs(tmp_path):
                for r in ("all", "low", "mse-low", "mse-mid"))
     assert (tmp_path / "vr" / "bitmaps.png").is_file()  # at a point every codec has
     assert "retraining everything" in rp.retrain_estimate()
+    # the chapters' view of the same codecs: one LearnedCodec each, settings = point numbers
+    check_reproduction_codecs(p, icm_settings, n_rates + 2)
+
+
+def check_reproduction_codecs(p, icm_settings, n_points):
+    """``reproduction_codec`` gives the reproduction's networks at its point numbers."""
+    from icmlib.codec import fingerprint
+    from icmlib.training import codec_at_rate
+
+    baseline = evaluation.reproduction_codec(p)
+    icm = evaluation.reproduction_codec(p, "detection", "dynamic")
+    assert baseline.name == evaluation.mse_name() and list(baseline.qualities) == list(range(n_points))
+    assert icm.name == evaluation.icm_name("detection", "dynamic")
+    assert list(icm.qualities) == icm_settings
+    trained = evaluation.train_codecs(p, tasks=("detection",), strategies=("dynamic",),
+                                      progress=False)  # the cache's: nothing trains again
+    for codec in (baseline, icm):
+        for point, ckpt in trained[codec.name].items():
+            expected = codec_at_rate(ckpt, rp.rate_in_checkpoint(p, point))
+            assert fingerprint(codec.model(point)) == fingerprint(expected), (codec.name, point)
 
 
 def test_reproduce_gives_the_caller_its_thread_count_back(tmp_path, monkeypatch):

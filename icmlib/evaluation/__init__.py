@@ -42,7 +42,7 @@ from icmlib.evaluation.plots import (plot_bd_illustration, plot_object_shares, p
                                      plot_weighting_comparison)
 from icmlib.evaluation.report import summary_markdown, write_outputs
 from icmlib.evaluation.reproduction import (ReproductionError, book_results, find_results,
-                                            reproduce, train_codecs)
+                                            reproduce, reproduction_codec, train_codecs)
 from icmlib.evaluation.results import (REPRO_TASKS, TASK_METRIC, ResultsError, codec_entry,
                                        cpu_model, curve, find_codec, git_commit, icm_name,
                                        load_results, mse_name, new_results, save_results)
@@ -87,7 +87,7 @@ __all__ = [
     "bd_rate_table", "bd_rate_details", "better_than_reference", "overhead_table",
     "overhead_comparison", "dataframe_to_markdown",
     # the reproduction
-    "reproduce", "ReproductionError", "train_codecs", "REPRO_TASKS", "mse_name", "icm_name",
+    "reproduce", "ReproductionError", "train_codecs", "reproduction_codec", "REPRO_TASKS", "mse_name", "icm_name",
     "book_results", "find_results", "paper_table", "summarize", "headline_table",
     "equal_quality_rates", "illustration_pair", "object_share_table", "PAPER_BD_RATE",
     "saving_along_curves", "saving_by_accuracy",

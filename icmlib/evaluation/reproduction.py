@@ -13,7 +13,7 @@ One call trains (or loads) everything and measures it:
 
 3. **anchors** — every traditional codec of :mod:`icmlib.evaluation.anchors` that can run here
    (a missing tool is skipped with its install hint);
-4. **evaluation** of every codec on the same validation images
+4. **evaluation** of every codec on the same images, the test split, which chose nothing
    (:func:`icmlib.evaluation.evaluate.evaluate_codec`: bpp from real bytes, PSNR, MS-SSIM, COCO mAP),
    and of the uncompressed originals;
 
@@ -127,6 +127,32 @@ def _by_rate(preset: Preset, task, strategy, progress) -> Dict[int, Dict[str, An
                                  codec_run(preset, task, strategy, codec_rate, progress=progress))
         out[point] = ckpts[codec_rate]
     return out
+
+
+def reproduction_codec(preset: Union[Preset, str, None] = None, task: Optional[str] = None,
+                       strategy: str = "mse", *, progress: bool = False):
+    """One codec of the reproduction, the MSE baseline (``task=None``) or an ICM codec, as a
+    :class:`~icmlib.evaluation.anchors.LearnedCodec` whose settings are its rate points,
+    numbered as in ``results.json``. The MSE baseline is the one the reproduction reports
+    (:func:`~icmlib.training.baseline_run`), whose points reach the ICM codecs' low rates;
+    comparing with it at the closest rate compares codecs that spend about the same bits.
+    Each point's network is loaded (or trained) the first time it codes."""
+    from icmlib.training import baseline_run, codec_at_rate, codec_run, has_rate, rate_points
+
+    preset = get_preset(preset)
+
+    def loader(codec_rate, index):
+        def load():
+            ckpt = (baseline_run(preset, codec_rate, progress=progress) if task is None else
+                    codec_run(preset, task, strategy, codec_rate, progress=progress))
+            return codec_at_rate(ckpt, index)
+        return load
+
+    nets = {point: loader(codec_rate, index)
+            for point, (codec_rate, index, _) in enumerate(rate_points(preset))
+            if has_rate(task, codec_rate)}
+    name = mse_name() if task is None else icm_name(task, strategy)
+    return evaluate.learned_codec(nets, name, preset)
 
 
 def rate_in_checkpoint(preset: Preset, point: int) -> int:
