@@ -79,7 +79,7 @@ __all__ = [
     "evaluation_key", "cached_evaluation", "tensor_to_pil", "pil_to_tensor",
     # BD-rate
     "bd_rate", "bd_quality", "bd_psnr", "bd_map", "bd_rate_pairs", "frontier",
-    "rate_difference_at",
+    "rate_difference_at", "bd_rate_halves",
     "BDRateError", "BDRateWarning",
     # results files and tables
     "load_results", "save_results", "new_results", "codec_entry", "find_codec", "curve",
@@ -87,7 +87,8 @@ __all__ = [
     "bd_rate_table", "bd_rate_details", "better_than_reference", "overhead_table",
     "overhead_comparison", "dataframe_to_markdown",
     # the reproduction
-    "reproduce", "ReproductionError", "train_codecs", "reproduction_codec", "REPRO_TASKS", "mse_name", "icm_name",
+    "reproduce", "ReproductionError", "train_codecs", "reproduction_codec", "REPRO_TASKS",
+    "mse_name", "icm_name",
     "book_results", "find_results", "paper_table", "summarize", "headline_table",
     "equal_quality_rates", "illustration_pair", "object_share_table", "PAPER_BD_RATE",
     "saving_along_curves", "saving_by_accuracy",

@@ -114,7 +114,7 @@ def _by_rate(preset: Preset, task, strategy, progress) -> Dict[int, Dict[str, An
     MSE baseline's own lowest points are left out of an ICM codec's, so a point's number
     is its λ's for every codec. The MSE baseline is :func:`~icmlib.training.baseline_run`'s
     (finished on the ICM codecs' crops where the preset says so)."""
-    from icmlib.training import baseline_run, codec_run, has_rate, rate_points
+    from icmlib.training import has_rate, rate_points
 
     ckpts: Dict[Any, Dict[str, Any]] = {}
     out = {}
@@ -122,11 +122,19 @@ def _by_rate(preset: Preset, task, strategy, progress) -> Dict[int, Dict[str, An
         if not has_rate(task, codec_rate):
             continue
         if codec_rate not in ckpts:
-            ckpts[codec_rate] = (baseline_run(preset, codec_rate, progress=progress)
-                                 if task is None else
-                                 codec_run(preset, task, strategy, codec_rate, progress=progress))
+            ckpts[codec_rate] = _checkpoint(preset, task, strategy, codec_rate, progress)
         out[point] = ckpts[codec_rate]
     return out
+
+
+def _checkpoint(preset: Preset, task, strategy, codec_rate, progress) -> Dict[str, Any]:
+    """The reproduction's checkpoint of one codec's rate group: the reported MSE baseline
+    (:func:`~icmlib.training.baseline_run`) or an ICM codec's run."""
+    from icmlib.training import baseline_run, codec_run
+
+    if task is None:
+        return baseline_run(preset, codec_rate, progress=progress)
+    return codec_run(preset, task, strategy, codec_rate, progress=progress)
 
 
 def reproduction_codec(preset: Union[Preset, str, None] = None, task: Optional[str] = None,
@@ -137,16 +145,13 @@ def reproduction_codec(preset: Union[Preset, str, None] = None, task: Optional[s
     (:func:`~icmlib.training.baseline_run`), whose points reach the ICM codecs' low rates;
     comparing with it at the closest rate compares codecs that spend about the same bits.
     Each point's network is loaded (or trained) the first time it codes."""
-    from icmlib.training import baseline_run, codec_at_rate, codec_run, has_rate, rate_points
+    from icmlib.training import codec_at_rate, has_rate, rate_points
 
     preset = get_preset(preset)
 
     def loader(codec_rate, index):
-        def load():
-            ckpt = (baseline_run(preset, codec_rate, progress=progress) if task is None else
-                    codec_run(preset, task, strategy, codec_rate, progress=progress))
-            return codec_at_rate(ckpt, index)
-        return load
+        return lambda: codec_at_rate(_checkpoint(preset, task, strategy, codec_rate, progress),
+                                     index)
 
     nets = {point: loader(codec_rate, index)
             for point, (codec_rate, index, _) in enumerate(rate_points(preset))
