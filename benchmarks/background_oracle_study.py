@@ -26,7 +26,7 @@ Every codec is a shipped one (nothing trains); about 4 min on 2 threads.
 import sys
 
 import torch
-from study import OUT, header, run_study
+from study import OUT, header, run_study, saving_cells
 
 from icmlib.data import dataset_for
 from icmlib.evaluation.oracle import (BASELINE, ORIGINAL, flat_shapes, oracle_savings,
@@ -86,13 +86,6 @@ def measure(preset, task):
     return rows
 
 
-def saving(row):
-    """A row of ``oracle_savings`` as table cells."""
-    if row["whole"] is None:
-        return f"n/a ({row['note']})", "", ""
-    return tuple(f"{row[k]:+.1f} %" for k in ("lower", "upper", "whole"))
-
-
 def markdown(task, rows, meta):
     metric = METRIC[task]
     lines = header(f"Dropping the background: an oracle against the ICM codecs ({task})", meta,
@@ -110,7 +103,8 @@ def markdown(task, rows, meta):
               "(negative: fewer bits), over the lower half, the upper half and the whole of "
               f"the {metric} range every curve covers, {lo:.3f}–{hi:.3f}:", "",
               "| codec | input | lower half | upper half | whole range |", "|---|---|---|---|---|"]
-    lines += [f"| {r['codec']} | {r['input']} | " + " | ".join(saving(r)) + " |" for r in savings]
+    lines += [f"| {r['codec']} | {r['input']} | " + " | ".join(saving_cells(r)) + " |"
+              for r in savings]
     lines += ["", "Every point:", "", "| codec | input | rates | point | bpp | PSNR (to its input) "
               f"| {metric} |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['codec']} | {r['input']} | {r['rates']} | {r['point']} | {r['bpp']:.4f} | "

@@ -32,7 +32,7 @@ import json
 import sys
 
 import torch
-from study import OUT, header, run_study
+from study import OUT, header, run_study, saving_cells
 
 from icmlib.cache import cache_dir
 from icmlib.data import dataset_for
@@ -92,12 +92,6 @@ def training_curve(ckpt, point):
             for r in ckpt["logs"]["val"] if int(r["rate_index"]) == point]
 
 
-def saving(row):
-    if row["whole"] is None:
-        return f"n/a ({row['note']})", "", ""
-    return tuple(f"{row[k]:+.1f} %" for k in ("lower", "upper", "whole"))
-
-
 def markdown(rows, meta):
     lines = header("An ICM codec from scratch, the paper's dynamic schedule (detection; "
                    "validation images)", meta,
@@ -111,7 +105,7 @@ def markdown(rows, meta):
               "the lower half, the upper half and the whole of the box mAP range every curve "
               f"covers, {lo:.3f}–{hi:.3f}:", "",
               "| codec | lower half | upper half | whole range |", "|---|---|---|---|"]
-    lines += [f"| {r['codec']} | " + " | ".join(saving(r)) + " |" for r in savings]
+    lines += [f"| {r['codec']} | " + " | ".join(saving_cells(r)) + " |" for r in savings]
     lines += ["", "Every point:", "", "| codec | rates | point | bpp | PSNR | box mAP |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {r['codec']} | {r['rates']} | {r['point']} | {r['bpp']:.4f} | "

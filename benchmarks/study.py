@@ -36,3 +36,11 @@ def run_study(name: str, command: str, threads: int, measure, markdown, extra_me
     (OUT / f"{name}.md").write_text(markdown(rows, meta))
     print(markdown(rows, meta))
     return rows
+
+
+def saving_cells(row) -> tuple:
+    """A row of :func:`icmlib.evaluation.oracle.oracle_savings` as three table cells
+    (lower half, upper half, whole range), or why there is no number."""
+    if row["whole"] is None:
+        return f"n/a ({row['note']})", "", ""
+    return tuple(f"{row[k]:+.1f} %" for k in ("lower", "upper", "whole"))
