@@ -49,7 +49,7 @@ from compressai.models import Cheng2020Anchor, MeanScaleHyperprior
 from torch.utils.flop_counter import FlopCounterMode
 
 from icmlib.codec import (ICMCodec, compress_to_bytes, decode_image, decompress_bytes,
-                          encode_image, header_size, likelihood_bits, load_codec, pad,
+                          encode_image, header_size, likelihood_bits, pad, resolve_codec,
                           run_codec)
 from icmlib.codec import ans
 from icmlib.presets import get_preset
@@ -278,7 +278,7 @@ def uptime() -> str:
 def build_models(model_path, preset):
     """Ours (from a checkpoint, or random init) and the references, random init, updated."""
     if model_path:
-        ours = load_codec(model_path)
+        ours = resolve_codec(model_path)  # a variable-rate codec: its highest quality
         weights = f"ours from {model_path}, the references' random init"
     else:
         torch.manual_seed(0)

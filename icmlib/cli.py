@@ -31,9 +31,10 @@ def _add_preset_option(parser) -> None:
 
 def _add_codec_commands(sub) -> None:
     model_help = ("codec checkpoint to use (a file written by icmlib.codec.model.save_codec, e.g. by "
-                  "'icm train'), or zoo:NAME:QUALITY for a CompressAI codec pretrained on "
-                  "natural photos (zoo:mbt2018-mean:3, zoo:bmshj2018-hyperprior:4; downloaded "
-                  "once into torch's hub cache); default: the codec shipped with icmlib, "
+                  "'icm train', or one of icmlib/weights/shipped/), or zoo:NAME:QUALITY for a "
+                  "CompressAI codec pretrained on natural photos (zoo:mbt2018-mean:3, "
+                  "zoo:bmshj2018-hyperprior:4; downloaded once into torch's hub cache); "
+                  "default: the codec shipped with icmlib, the reproduction's MSE baseline, "
                   "trained on the synthetic world")
     p = sub.add_parser(
         "encode", help="compress an image (PNG, JPEG, ...) into an .icm file",
@@ -42,6 +43,10 @@ def _add_codec_commands(sub) -> None:
     p.add_argument("image", help="input image (PNG, JPEG, any size; gray/RGBA converted)")
     p.add_argument("output", help="the .icm file to write")
     p.add_argument("--model", metavar="CKPT", help=model_help)
+    p.add_argument("--quality", metavar="Q", type=int, default=None,
+                   help="rate point of a variable-rate codec, 1 (fewest bits) to its number of "
+                        "rate points (the default codec: 1-4, default 3; another variable-rate "
+                        "checkpoint: default its highest). Decoding finds it in the file")
     p.set_defaults(func=_encode_command)
 
     p = sub.add_parser(
@@ -49,7 +54,8 @@ def _add_codec_commands(sub) -> None:
         description="Decode an .icm file with the codec that wrote it and save a PNG.")
     p.add_argument("input", help="the .icm file")
     p.add_argument("output", help="the PNG to write")
-    p.add_argument("--model", metavar="CKPT", help=model_help + "; must be the encoding codec")
+    p.add_argument("--model", metavar="CKPT", help=model_help + "; must be the encoding codec "
+                                                               "(its quality is found in the file)")
     p.set_defaults(func=_decode_command)
 
     p = sub.add_parser(
@@ -62,14 +68,17 @@ def _add_codec_commands(sub) -> None:
     p.set_defaults(func=_info_command)
 
 
-def _codec_for_cli(model):
-    """``--model``'s codec; a zoo codec's weights are downloaded once, unless
-    ``$ICM_OFFLINE`` is set (then a missing file is named, with where to put it)."""
-    from icmlib.codec import ModelError, resolve_codec
+def _codec_for_cli(model, quality=None, file_fingerprint=None):
+    """``--model``'s codec at ``quality``, or, given a file's fingerprint, at the rate point
+    that wrote the file; a zoo codec's weights are downloaded once, unless ``$ICM_OFFLINE``
+    is set (then a missing file is named, with where to put it)."""
+    from icmlib.codec import ModelError, decoder_for, resolve_codec
     from icmlib.data import hub_download
 
     try:
-        return resolve_codec(model, download=hub_download())
+        if file_fingerprint is not None:
+            return decoder_for(model, file_fingerprint, download=hub_download())
+        return resolve_codec(model, download=hub_download(), quality=quality)
     except ModelError as e:
         raise CLIError(str(e)) from None
 
@@ -108,7 +117,7 @@ def _encode_command(args) -> int:
                               run_codec, write_icm)
 
     image = _image_for_cli(args.image)
-    net = _codec_for_cli(args.model)
+    net = _codec_for_cli(args.model, args.quality)
     print(f"codec: {describe_codec(net)}")
     try:
         data = pack(compress_image(net, image))
@@ -140,7 +149,7 @@ def _decode_command(args) -> int:
         raise CLIError(f"icm decode writes a PNG (lossless, so the decoded pixels are kept "
                        f"exactly); name the output *.png, not {args.output}")
     f = _read_icm_for_cli(args.input)
-    net = _codec_for_cli(args.model)
+    net = _codec_for_cli(args.model, file_fingerprint=f.fingerprint)
     try:
         image = decompress_file(net, f)
     except BitstreamError as e:
@@ -154,7 +163,7 @@ def _decode_command(args) -> int:
 
 
 def _info_command(args) -> int:
-    from icmlib.codec import fingerprint, header_size, stream_names
+    from icmlib.codec import AtRate, fingerprint, header_size, stream_names
     from icmlib.codec.bitstream import VERSION
 
     f = _read_icm_for_cli(args.input)
@@ -170,14 +179,16 @@ def _info_command(args) -> int:
         print(f"{name:<18} {len(s)} bytes ({8 * len(s) / f.pixels:.4f} bpp)")
     print(f"bpp                {f.bpp():.4f}   file bytes × 8 / pixels")
     if args.model:
-        ours = fingerprint(_codec_for_cli(args.model)).hex()
+        net = _codec_for_cli(args.model, file_fingerprint=f.fingerprint)
+        ours = fingerprint(net).hex()
         if ours != f.fingerprint.hex():
             verdict = "is a different model: it cannot decode this file"
         elif f.version != VERSION:
             verdict = (f"wrote this file, in format version {f.version}: encode the image "
                        f"again to decode it with this icmlib (version {VERSION})")
         else:
-            verdict = "can decode this file"
+            verdict = "can decode this file" + (f" (quality {net.rate + 1})"
+                                                 if isinstance(net, AtRate) else "")
         print(f"--model            {ours}: {verdict}")
     return 0
 

@@ -128,7 +128,20 @@ def load_shipped(kind: str, config: Mapping[str, Any], *, verbose: bool = True,
         return None
 
 
-def _verified_load(directory: Path, entry: Mapping[str, Any], config: Mapping[str, Any]):
+def load_entry(name: str, *, directory: Optional[Path] = None) -> Any:
+    """The shipped checkpoint the manifest lists as ``name`` (``kind/key``), verified and
+    expanded, whatever configuration it was trained with: for code that names a file of the
+    set rather than asking for a configuration (the ``icm`` command's default codec).
+    Raises :class:`ShippedCheckpointError` when it is not listed or fails its check."""
+    directory = Path(directory or shipped_dir())
+    entry = read_manifest(directory)["entries"].get(name)
+    if entry is None:
+        raise ShippedCheckpointError(f"{name} is not in the shipped set ({directory})")
+    return _verified_load(directory, entry)
+
+
+def _verified_load(directory: Path, entry: Mapping[str, Any],
+                   config: Optional[Mapping[str, Any]] = None):
     path = directory / entry["file"]
     if not path.is_file():
         raise ShippedCheckpointError("the file is missing")
@@ -136,7 +149,7 @@ def _verified_load(directory: Path, entry: Mapping[str, Any], config: Mapping[st
     if digest != entry["sha256"]:
         raise ShippedCheckpointError(f"its sha256 is {digest[:12]}…, the manifest says "
                                      f"{entry['sha256'][:12]}… (corrupted or replaced)")
-    if json.loads(json.dumps(dict(config), default=str)) != entry.get("config"):
+    if config is not None and json.loads(json.dumps(dict(config), default=str)) != entry.get("config"):
         raise ShippedCheckpointError("it was trained with another configuration")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)

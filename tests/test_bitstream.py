@@ -10,7 +10,7 @@ import torch
 
 from icmlib.codec import bitstream
 from icmlib.codec import (BitstreamError, ICMCodec, ICMFile, compress_to_bytes, decode_image,
-                          decompress_bytes, default_codec, encode_image, fingerprint, header_size,
+                          decompress_bytes, encode_image, fingerprint, header_size, load_codec,
                           pack, read_icm, unpack, write_icm)
 
 DATA = Path(__file__).parent / "data"
@@ -255,15 +255,17 @@ def test_fuzz_crafted_streams_under_a_valid_checksum(seed):
 
 
 def test_a_file_written_by_an_earlier_icmlib_still_decodes():
-    """``tests/data/default_codec_v2.icm`` was written by icmlib at commit a5a166f (the
-    shipped default codec; its synthesis then ran with oneDNN switched off). Today's decoder
+    """``tests/data/default_codec_v2.icm`` was written by icmlib at commit a5a166f with the
+    default codec shipped then (``tests/data/default_codec_v2.pt``, the package's default
+    until the reproduction's MSE baseline took its place; its synthesis then ran with oneDNN
+    switched off). Today's decoder
     must find the very CDFs it was coded with -- the same ŷ -- so the image is the one
     decoded then, up to one 8-bit level where today's faster synthesis rounds otherwise
     (other CDFs would give garbage). The model's fingerprint must not have changed either."""
     from PIL import Image
 
     data = (DATA / "default_codec_v2.icm").read_bytes()
-    image = decompress_bytes(default_codec(), data)
+    image = decompress_bytes(load_codec(DATA / "default_codec_v2.pt"), data)
     then = torch.from_numpy(np.array(Image.open(DATA / "default_codec_v2.decoded.png")))
     diff = ((image * 255).round() - then.permute(2, 0, 1).float()).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3, (diff.max(), (diff > 0).sum())

@@ -11,7 +11,8 @@ from PIL import Image
 from icmlib.codec import pretrained
 from icmlib.codec import compress_to_bytes, header_size, read_icm
 from icmlib.cli import main
-from icmlib.codec import ICMCodec, likelihood_bits, quantized_image, run_codec, save_codec
+from icmlib.codec import (ICMCodec, fingerprint, likelihood_bits, load_codec, quantized_image,
+                          run_codec, save_codec)
 from icmlib.data import load_image
 
 
@@ -247,13 +248,104 @@ def test_user_errors_exit_2_with_a_clear_message(files, capsys):
 
 def test_without_model_uses_the_shipped_default_or_says_it_is_missing(files, capsys,
                                                                       monkeypatch):
-    monkeypatch.setattr(pretrained, "DEFAULT_CHECKPOINT", files / "absent.pt")
-    assert icm("encode", files / "photo.png", files / "d.icm") == 2
-    assert "--model" in capsys.readouterr().err
-    monkeypatch.setattr(pretrained, "DEFAULT_CHECKPOINT", files / "codec.pt")
+    """The default codec is a file of the shipped set, at DEFAULT_QUALITY unless asked; a
+    file it wrote decodes without being told the quality."""
     assert icm("encode", files / "photo.png", files / "d.icm") == 0
-    icm("encode", files / "photo.png", files / "e.icm", "--model", files / "codec.pt")
-    assert (files / "d.icm").read_bytes() == (files / "e.icm").read_bytes()
+    out = capsys.readouterr().out
+    assert f"quality {pretrained.DEFAULT_QUALITY} of 4" in out, out
+    assert icm("encode", files / "photo.png", files / "d1.icm", "--quality", 1) == 0
+    assert (files / "d1.icm").stat().st_size < (files / "d.icm").stat().st_size
+    for name in ("d", "d1"):
+        assert icm("decode", files / f"{name}.icm", files / f"{name}.png") == 0
+    decoded = load_image(files / "d1.png")
+    at_one = pretrained.default_codec(quality=1)
+    with torch.no_grad():
+        x_hat = run_codec(at_one, load_image(files / "photo.png")[None])["x_hat"][0]
+    assert (decoded - quantized_image(x_hat)).abs().max() <= 1 / 255 + 1e-6
+    capsys.readouterr()
+    monkeypatch.setattr(pretrained, "DEFAULT_ENTRY", "codec/absent")
+    assert icm("encode", files / "photo.png", files / "x.icm") == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and "reinstall" in err and "Traceback" not in err
+
+
+def test_the_default_codec_is_the_reproductions_mse_baseline():
+    """DEFAULT_ENTRY names the shipped file that the cpu reproduction loads as its MSE
+    baseline at rd_lambdas: a retrain that changes that codec's key must move the default
+    with it, not leave the icm command on a stale file."""
+    from icmlib.cache import config_key
+    from icmlib.presets import get_preset
+    from icmlib.shipped import entry_name, read_manifest
+    from icmlib.training.recipe import baseline_config, recipe_rate
+
+    cpu = get_preset("cpu")
+    key = config_key(baseline_config(cpu, recipe_rate(cpu, "all")))
+    assert pretrained.DEFAULT_ENTRY == entry_name("codec", key)
+    entry = read_manifest()["entries"][pretrained.DEFAULT_ENTRY]
+    assert entry["config"]["lambda"] == list(cpu.rd_lambdas)
+    assert 1 <= pretrained.DEFAULT_QUALITY <= len(cpu.rd_lambdas)
+
+
+def variable_rate_checkpoint(path, rates=3):
+    """A small variable-rate codec whose gains space its rate points apart (untrained
+    transforms; the gains alone decide the bits)."""
+    torch.manual_seed(1)
+    net = ICMCodec(N=16, M=24, rates=rates)
+    with torch.no_grad():
+        for r in range(rates):
+            net.gain[r].fill_(4.0 ** (r + 1))
+            net.inv_gain[r].fill_(4.0 ** -(r + 1))
+    save_codec(net, path)
+    return path
+
+
+def test_a_variable_rate_checkpoint_codes_at_each_quality(files, capsys):
+    model = variable_rate_checkpoint(files / "vr.pt")
+    sizes = []
+    for q in (1, 2, 3):
+        out = files / f"vr{q}.icm"
+        assert icm("encode", files / "photo.png", out, "--model", model, "--quality", q) == 0
+        assert f"quality {q} of 3" in capsys.readouterr().out
+        sizes.append(out.stat().st_size)
+        assert icm("decode", out, files / f"vr{q}.png", "--model", model) == 0
+        assert icm("info", out, "--model", model) == 0
+        assert f"can decode this file (quality {q})" in capsys.readouterr().out
+    assert sizes[0] < sizes[1] < sizes[2], sizes
+    assert icm("encode", files / "photo.png", files / "vr.icm", "--model", model) == 0
+    assert (files / "vr.icm").read_bytes() == (files / "vr3.icm").read_bytes()  # the highest
+    capsys.readouterr()
+    # a file of another codec is still refused, whatever quality
+    assert icm("decode", files / "vr1.icm", files / "x.png", "--model", files / "codec.pt") == 2
+    assert "written by model" in capsys.readouterr().err
+
+
+def test_quality_errors_are_clear(files, capsys):
+    model = variable_rate_checkpoint(files / "vr.pt")
+    cases = [(["--model", model, "--quality", 4], "qualities 1 (fewest bits) to 3"),
+             (["--model", model, "--quality", 0], "qualities 1 (fewest bits) to 3"),
+             (["--model", files / "codec.pt", "--quality", 2], "single rate point"),
+             (["--quality", 9], "qualities 1 (fewest bits) to 4"),
+             (["--model", "zoo:mbt2018-mean:3", "--quality", 2], "part of its name")]
+    for args, message in cases:
+        assert icm("encode", files / "photo.png", files / "q.icm", *args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (args, err)
+
+
+def test_a_shipped_form_checkpoint_is_a_model(files, capsys):
+    """``--model`` takes a file of the shipped set as it is (float16, no CDF tables): the
+    tables are rebuilt on load, as train-or-load does."""
+    from icmlib.ship import compact
+    from icmlib.shipped import expand
+
+    ckpt = torch.load(files / "codec.pt", weights_only=False)
+    torch.save(compact(ckpt), files / "compact.pt")
+    out = files / "compact.icm"
+    assert icm("encode", files / "photo.png", out, "--model", files / "compact.pt") == 0
+    assert icm("decode", out, files / "compact.png", "--model", files / "compact.pt") == 0
+    expanded = pretrained.resolve_codec(files / "compact.pt")
+    assert read_icm(out).fingerprint == fingerprint(load_codec(expand(compact(ckpt))))
+    assert fingerprint(expanded) == read_icm(out).fingerprint
 
 
 def test_console_script_runs(files):

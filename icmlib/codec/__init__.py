@@ -11,7 +11,8 @@
 ``bitstream``   the ``.icm`` container: header, streams, checksum, clear errors
 ``probability`` the probability model taken apart: real vs estimated bits, noise vs rounding
 ``losses``      the loss terms: rate, MSE, task (``from icmlib.codec import losses``)
-``pretrained``  the shipped default codec, or a checkpoint named on the command line
+``pretrained``  the shipped default codec, or a checkpoint named on the command line;
+                a variable-rate codec's quality
 ``zoo``         CompressAI's pretrained codecs (``zoo:NAME:QUALITY``): cached weights, loading
 ``context``     a context model on ŷ: CompressAI's joint autoregressive + hyperprior against
                 the hyperprior alone, trained alike, real bytes, encode / decode time
@@ -30,7 +31,8 @@ from icmlib.codec.bitstream import (BitstreamError, ICMFile, check_model, compre
                                     write_icm)
 from icmlib.codec.losses import loss_terms, mse_loss, psnr_from_mse, rate_bpp, task_loss, total_loss
 from icmlib.codec.determinism import ExactHyperSynthesis, TableGaussianConditional
-from icmlib.codec.pretrained import (DEFAULT_CHECKPOINT, ModelError, default_codec, describe_codec,
+from icmlib.codec.pretrained import (DEFAULT_ENTRY, DEFAULT_QUALITY, ModelError, at_quality,
+                                     decoder_for, default_codec, describe_codec, qualities,
                                      resolve_codec)
 from icmlib.codec.zoo import ZOO_MODELS, zoo_codec, zoo_weights
 from icmlib.codec.context import (CONTEXT_BUDGETS, CONTEXT_MODELS, code_images,
@@ -50,7 +52,8 @@ __all__ = [
     "likelihood_bits", "quantized_image", "fingerprint",
     # checkpoints and the default codec
     "CHECKPOINT_FORMAT", "codec_checkpoint", "save_codec", "load_codec", "default_codec",
-    "resolve_codec", "DEFAULT_CHECKPOINT", "ModelError", "describe_codec",
+    "resolve_codec", "decoder_for", "at_quality", "qualities", "DEFAULT_ENTRY",
+    "DEFAULT_QUALITY", "ModelError", "describe_codec",
     # CompressAI's pretrained codecs (--model zoo:NAME:QUALITY)
     "ZOO_MODELS", "zoo_codec", "zoo_weights",
     # rANS

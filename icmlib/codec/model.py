@@ -40,7 +40,7 @@ from compressai.layers import (ResidualBlock, ResidualBlockUpsample, ResidualBlo
 from compressai.models import MeanScaleHyperprior
 
 from icmlib.codec.determinism import ExactHyperSynthesis, TableGaussianConditional, on_one_thread
-from icmlib.shipped import register_expander
+from icmlib.shipped import expand, register_expander
 
 #: y is 1/16 of the image; z is 1/4 of y. Inputs are padded to a multiple of this.
 STRIDE = 64
@@ -443,7 +443,9 @@ def save_codec(net: ICMCodec, path: Union[str, Path], **meta: Any) -> Path:
 
 
 def load_codec(source: Union[str, Path, Dict[str, Any]]) -> ICMCodec:
-    """An ``ICMCodec`` in eval mode, ready to ``compress``, from a path or a checkpoint dict."""
+    """An ``ICMCodec`` in eval mode, ready to ``compress``, from a path or a checkpoint dict:
+    one written by :func:`save_codec`, or one in the shipped set's compact form (float16,
+    no CDF tables), whose tables are rebuilt as on every load of the set."""
     if not isinstance(source, dict):
         path = Path(source)
         if not path.is_file():
@@ -454,9 +456,16 @@ def load_codec(source: Union[str, Path, Dict[str, Any]]) -> ICMCodec:
             raise ValueError(f"{path} is not a readable codec checkpoint ({e})") from None
     if not isinstance(source, dict) or source.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"not an icmlib codec checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    if _is_compact(source["state_dict"]):
+        source = expand(source)
     net = ICMCodec.from_state_dict(source["state_dict"], source["config"])
     net.meta = source.get("meta", {})
     return net
+
+
+def _is_compact(state_dict: Dict[str, Any]) -> bool:
+    """Whether a codec's state dict is the shipped form: its CDF tables left out."""
+    return not any(k.endswith("._quantized_cdf") for k in state_dict)
 
 
 def expand_shipped_checkpoint(ckpt: Dict[str, Any]) -> Dict[str, Any]:
