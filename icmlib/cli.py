@@ -329,8 +329,9 @@ def _add_evaluate_commands(sub) -> None:
                    help="a traditional anchor (jpeg, jpeg2000, webp, avif, hevc, av1, vvc); "
                         "repeatable")
     p.add_argument("--model", action="append", default=[], metavar="CKPT",
-                   help="a codec checkpoint (icmlib format); repeat it, one per rate point, to "
-                        "make one learned codec's curve")
+                   help="a codec checkpoint (icmlib format, or a file of the shipped set); "
+                        "repeat it, one per rate point, to make one learned codec's curve (a "
+                        "variable-rate checkpoint gives all its rate points)")
     p.add_argument("--name", default="learned", help="name of the learned codec (--model)")
     p.add_argument("--qualities", nargs="+", type=float, metavar="Q",
                    help="anchor settings to use (default: each anchor's own list)")
@@ -377,7 +378,7 @@ def _cmd_evaluate(args) -> int:
         raise CLIError("nothing to evaluate: give --anchor NAME and/or --model CKPT")
     if args.images is not None and args.images < 1:
         raise CLIError(f"--images must be at least 1, got {args.images}")
-    from icmlib.codec import load_codec
+    from icmlib.codec import at_quality, load_codec, qualities
     from icmlib.data import dataset_for
     from icmlib.evaluation import (EvaluationError, ResultsError, dataset_info, evaluate_codec,
                                    learned_codec, load_results, make_anchor, new_results,
@@ -402,9 +403,11 @@ def _cmd_evaluate(args) -> int:
         nets = []
         for path in args.model:
             try:
-                nets.append(load_codec(path))
+                net = load_codec(path)
             except (FileNotFoundError, ValueError) as e:
                 raise CLIError(str(e)) from None
+            # a variable-rate checkpoint is a codec of its every rate point
+            nets += [at_quality(net, q) for q in qualities(net)] or [net]
         learned = learned_codec(nets, args.name, preset)
         codecs.append((learned, list(learned.qualities), "learned"))
     if not codecs:

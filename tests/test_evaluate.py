@@ -340,6 +340,30 @@ def test_cli_evaluate(tmp_path, monkeypatch, networks, capsys):
     assert "no codec checkpoint" in err and "other images" in err
 
 
+def test_cli_evaluate_takes_every_rate_point_of_a_variable_rate_checkpoint(
+        tmp_path, monkeypatch, networks):
+    """``--model`` with a variable-rate checkpoint (here in the shipped set's compact form)
+    is a learned codec of all its rate points, not a crash for want of a rate."""
+    from icmlib.cli import main
+    from icmlib.codec import ICMCodec, codec_checkpoint
+    from icmlib.ship import compact
+
+    monkeypatch.setattr(ev, "task_networks", lambda tasks, preset=None: networks)
+    torch.manual_seed(0)
+    net = ICMCodec(N=32, M=48, rates=2)
+    with torch.no_grad():
+        net.gain[1].fill_(8.0)
+    net.update(force=True)
+    torch.save(compact(codec_checkpoint(net)), tmp_path / "vr.pt")
+    out = tmp_path / "vr.json"
+    assert main(["evaluate", "--preset", "ci", "--model", str(tmp_path / "vr.pt"), "--name",
+                 "vr", "--images", "1", "--tasks", "detection", "--out", str(out),
+                 "--quiet"]) == 0
+    points = res.load_results(out)["codecs"][0]["points"]
+    assert [p["setting"] for p in points] == [0, 1]
+    assert points[0]["bpp"] < points[1]["bpp"]
+
+
 def test_task_networks_follow_icm_cache_force_and_device(tmp_path, monkeypatch):
     """The per-process memo of loaded networks is per cache folder, ``force`` retrains
     (and replaces the memo), and the networks sit on the evaluation device."""
