@@ -152,6 +152,11 @@ class Preset:
     lr_decay_at: float = 0.8            # fraction of the steps after which lr (and aux) x0.1
     icm_task_weight: float = 100.0      # tau: full-strength w_task = tau * lambda
     icm_mse_weight: float = 0.1         # mu: an ICM codec keeps w_mse = mu * lambda
+    icm_synthesis_quantizer: str = "noise"  # what an ICM codec's synthesis (and so the task
+                                        # network) sees while training: "noise", ŷ = y + u as
+                                        # the rate term does; "ste", y rounded around its
+                                        # mean with a straight-through gradient, the decoded
+                                        # image (ICMCodec.synthesis_quantizer)
     weighting_warmup: float = 0.1       # dynamic: MSE only until this fraction of steps
     weighting_ramp_end: float = 0.5     # dynamic: task at full strength from this fraction
     auto_momentum: float = 0.9          # auto: momentum of the running loss magnitudes

@@ -38,6 +38,7 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=Futur
 from compressai.layers import (ResidualBlock, ResidualBlockUpsample, ResidualBlockWithStride,
                                conv3x3, subpel_conv3x3)
 from compressai.models import MeanScaleHyperprior
+from compressai.ops import quantize_ste
 
 from icmlib.codec.determinism import ExactHyperSynthesis, TableGaussianConditional, on_one_thread
 from icmlib.shipped import expand, register_expander
@@ -123,6 +124,12 @@ class ICMCodec(MeanScaleHyperprior):
         # decoder, whatever the device or thread count (icmlib.codec.determinism)
         self.h_s = ExactHyperSynthesis(*self.h_s)
         self.gaussian_conditional = TableGaussianConditional(None)
+        #: what the synthesis sees while training (not saved: the recipe sets it):
+        #: ``"noise"``, ŷ with additive uniform noise, as the rate term sees it
+        #: (CompressAI's models); ``"ste"``, y rounded around its predicted mean as at
+        #: test time, with a straight-through gradient (the "mixed" quantization of Minnen
+        #: & Singh 2020), so a loss on the decoded image sees the image that is decoded
+        self.synthesis_quantizer = "noise"
         self.rates = int(rates)
         if self.rates < 0:
             raise ValueError(f"rates must be >= 0, got {rates}")
@@ -173,6 +180,8 @@ class ICMCodec(MeanScaleHyperprior):
         with torch.autocast(device_type=y.device.type, enabled=False):
             y_hat, y_likelihoods = self.gaussian_conditional(y.float(), scales_hat.float(),
                                                              means=means_hat.float())
+            if self.training and self.synthesis_quantizer == "ste":
+                y_hat = quantize_ste(y.float() - means_hat.float()) + means_hat.float()
         return {"x_hat": self._synthesis(y_hat, rate),
                 "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 

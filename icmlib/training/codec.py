@@ -58,7 +58,7 @@ from icmlib.engine import (Processes, Reporter, RunState, TrainingDiverged, all_
                            threads, train_loop, training_device)
 from icmlib.presets import Preset, get_preset
 from icmlib.training.batches import Batches, crop_and_batch
-from icmlib.training.recipe import TRAIN_VERSION, resolve_rate, run_config
+from icmlib.training.recipe import TRAIN_VERSION, resolve_rate, run_config, synthesis_quantizer
 from icmlib.training.start import build_codec, configure_optimizers, init_identity, lr_milestones
 from icmlib.training.validation import validate_codec
 from icmlib.training.weighting import STRATEGIES, make_strategy, rate_at
@@ -258,6 +258,8 @@ class CodecTraining:
         self.use_amp = bool(preset.amp) and device.type == "cuda"
         torch.manual_seed(seed)
         self.net = build_codec(preset, init_from, lmbda).to(device)
+        if task is not None:
+            self.net.synthesis_quantizer = synthesis_quantizer(preset)
         self.net.train()  # under autocast its entropy models still run in float32 (ICMCodec.forward)
         self.frozen = None if frozen is None else frozen.to(device)
         if task is not None and frozen is None:

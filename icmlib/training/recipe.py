@@ -279,11 +279,25 @@ def run_config(preset: Preset, task, strategy, rate_index, lmbda: Union[float, L
     # codecs already trained keep their keys.
     if preset.codec_transforms != "residual":
         cfg["codec_transforms"] = preset.codec_transforms
+    if task is not None and synthesis_quantizer(preset) != "noise":
+        cfg["icm_synthesis_quantizer"] = preset.icm_synthesis_quantizer
     if preset.num_workers:
         cfg["num_workers"] = int(preset.num_workers)
     if world > 1:
         cfg["world_size"] = int(world)
     return cfg
+
+
+#: what an ICM codec's synthesis may see while training (``ICMCodec.synthesis_quantizer``)
+SYNTHESIS_QUANTIZERS = ("noise", "ste")
+
+
+def synthesis_quantizer(preset: Preset) -> str:
+    """``preset.icm_synthesis_quantizer``, checked."""
+    if preset.icm_synthesis_quantizer not in SYNTHESIS_QUANTIZERS:
+        raise ValueError(f"icm_synthesis_quantizer must be one of {SYNTHESIS_QUANTIZERS}, "
+                         f"got {preset.icm_synthesis_quantizer!r}")
+    return preset.icm_synthesis_quantizer
 
 
 def without_unused_fields(config: Mapping[str, Any]) -> Dict[str, Any]:
