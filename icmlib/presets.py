@@ -92,6 +92,9 @@ class Preset:
     # the MSE codec itself. The ICM codecs still start from the MSE codecs above (their
     # keys do not change).
     mse_finish_steps: int = 0
+    # what the synthesis sees in that finishing stage (as icm_synthesis_quantizer below):
+    # "noise" or "ste"; it enters the baseline's key only when it is not "noise"
+    baseline_synthesis_quantizer: str = "noise"
 
     # --- task networks ---------------------------------------------------------------
     task_pretrained: bool = False       # True: torchvision COCO weights (downloads)

@@ -486,3 +486,38 @@ def test_training_with_loader_workers(tmp_path):
     out = train_codec(p, steps=4, out_dir=tmp_path, progress=False)
     assert [r["step"] for r in out["logs"]["train"]] == [1, 2, 3, 4]
     assert all(math.isfinite(r["loss"]) for r in out["logs"]["train"])
+
+
+def test_the_synthesis_may_see_rounded_latents_while_an_icm_codec_trains(tmp_path, monkeypatch):
+    """icm_synthesis_quantizer="ste": the synthesis gets y rounded around its mean (what is
+    decoded) with a straight-through gradient, the rate term keeps the noise; the setting is
+    in an ICM codec's key only when it is not the default, never in an MSE codec's."""
+    from icmlib.codec import ICMCodec
+    from icmlib.training import codec_config, codec_run
+
+    torch.manual_seed(0)
+    net = ICMCodec(N=16, M=24).train()
+    x = torch.rand(1, 3, 64, 64)
+    outs = {}
+    for mode in ("noise", "ste"):
+        net.synthesis_quantizer = mode
+        torch.manual_seed(1)
+        outs[mode] = net(x)
+    decoded = net.eval()(x)["x_hat"]
+    for term in ("y", "z"):  # the rate term is the same
+        assert torch.equal(outs["noise"]["likelihoods"][term], outs["ste"]["likelihoods"][term])
+    gap = {m: (outs[m]["x_hat"] - decoded).abs().mean().item() for m in outs}
+    assert gap["ste"] < 0.1 * gap["noise"], gap  # only ẑ's noise is left between them
+    net.train()
+    outs["ste"]["x_hat"].sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.g_a.parameters())
+
+    p = ci()
+    ste = p.replace(icm_synthesis_quantizer="ste")
+    assert "icm_synthesis_quantizer" not in codec_config(p, "detection", "fixed", 0)
+    assert codec_config(ste, "detection", "fixed", 0)["icm_synthesis_quantizer"] == "ste"
+    assert codec_config(ste, None, "mse", 0) == codec_config(p, None, "mse", 0)
+    monkeypatch.setenv("ICM_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="icm_synthesis_quantizer must be one of"):
+        codec_run(p.replace(icm_synthesis_quantizer="round"), "detection", "fixed", 0,
+                  progress=False)

@@ -58,7 +58,8 @@ from icmlib.engine import (Processes, Reporter, RunState, TrainingDiverged, all_
                            threads, train_loop, training_device)
 from icmlib.presets import Preset, get_preset
 from icmlib.training.batches import Batches, crop_and_batch
-from icmlib.training.recipe import TRAIN_VERSION, resolve_rate, run_config, synthesis_quantizer
+from icmlib.training.recipe import (SYNTHESIS_QUANTIZERS, TRAIN_VERSION, resolve_rate, run_config,
+                                   synthesis_quantizer)
 from icmlib.training.start import build_codec, configure_optimizers, init_identity, lr_milestones
 from icmlib.training.validation import validate_codec
 from icmlib.training.weighting import STRATEGIES, make_strategy, rate_at
@@ -77,7 +78,8 @@ def train_codec(preset: Union[Preset, str, None] = None, task: Optional[str] = N
                 steps: Optional[int] = None, out_dir: Union[str, Path, None] = None,
                 resume: bool = False, progress: bool = True, init_from=None,
                 seed: Optional[int] = None, command: Optional[str] = None,
-                on_step: Optional[Callable[[int, Dict[str, float]], None]] = None) -> Dict[str, Any]:
+                on_step: Optional[Callable[[int, Dict[str, float]], None]] = None,
+                synthesis_quantizer: Optional[str] = None) -> Dict[str, Any]:
     """Train one codec; return its checkpoint dict (``icmlib.codec.model`` format) plus logs.
 
     Args:
@@ -101,6 +103,9 @@ def train_codec(preset: Union[Preset, str, None] = None, task: Optional[str] = N
         command: recorded in the codec's metadata (default: this process's command line).
         on_step: called as ``on_step(step, row)`` after every completed step (row = the
             logged values); an exception raised there stops the run like a kill would.
+        synthesis_quantizer: what the synthesis sees while training, ``"noise"`` or
+            ``"ste"`` (``ICMCodec.synthesis_quantizer``); default: an ICM codec the
+            preset's ``icm_synthesis_quantizer``, an MSE codec ``"noise"``.
 
     Returns ``codec_checkpoint(net, **meta)`` with ``"logs": {"train": [...], "val":
     [...]}`` and ``"run_dir"`` added; ``icmlib.codec.model.load_codec`` reads it.
@@ -111,7 +116,7 @@ def train_codec(preset: Union[Preset, str, None] = None, task: Optional[str] = N
     # LearnedCodec loading its networks during evaluation): gradients must be on here
     with threads(preset.train_threads), torch.enable_grad():
         return _train_codec(preset, task, strategy, rate_index, steps, out_dir, resume,
-                            progress, init_from, seed, command, on_step)
+                            progress, init_from, seed, command, on_step, synthesis_quantizer)
 
 
 def _check_arguments(task: Optional[str], strategy: str) -> None:
@@ -131,8 +136,13 @@ def _check_arguments(task: Optional[str], strategy: str) -> None:
 
 
 def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, resume, progress,
-                 init_from, seed, command, on_step) -> Dict[str, Any]:
+                 init_from, seed, command, on_step, quantizer=None) -> Dict[str, Any]:
     _check_arguments(task, strategy)
+    if quantizer is None:
+        quantizer = synthesis_quantizer(preset) if task is not None else "noise"
+    elif quantizer not in SYNTHESIS_QUANTIZERS:
+        raise ValueError(f"synthesis_quantizer must be one of {SYNTHESIS_QUANTIZERS}, "
+                         f"got {quantizer!r}")
     rate_index, lmbda = resolve_rate(preset, rate_index)
     if steps is None:
         if task is None and preset.codec_zoo:
@@ -148,9 +158,11 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
     device = training_device(preset.device, procs.local_rank, f"preset {preset.name!r}")
     cfg = run_config(preset, task, strategy, rate_index, lmbda, steps, seed,
                      init_identity(init_from), procs.world)
+    if task is None and quantizer != "noise":
+        cfg["synthesis_quantizer"] = quantizer
     out_dir = Path(out_dir) if out_dir is not None else cache_dir("runs", "codec", config_key(cfg))
     trainer = CodecTraining(preset, task, strategy, lmbda, steps, seed, init_from, device,
-                            procs, progress)
+                            procs, progress, synthesis_quantizer=quantizer)
     # ICM runs validate more often: their curves over training are the weighting comparison
     val_every = max(1, preset.icm_val_every if task is not None else preset.val_every)
     return run_training(trainer, cfg, out_dir, val_every=val_every, resume=resume,
@@ -251,15 +263,14 @@ class CodecTraining:
 
     def __init__(self, preset: Preset, task, strategy: str, lmbda, steps: int, seed: int,
                  init_from, device: torch.device, procs: Processes, progress: bool, *,
-                 frozen=None, data=None):
+                 frozen=None, data=None, synthesis_quantizer: str = "noise"):
         self.preset, self.task, self.strategy, self.lmbda = preset, task, strategy, lmbda
         self.device, self.procs = device, procs
         self.rates = len(lmbda) if isinstance(lmbda, list) else 0
         self.use_amp = bool(preset.amp) and device.type == "cuda"
         torch.manual_seed(seed)
         self.net = build_codec(preset, init_from, lmbda).to(device)
-        if task is not None:
-            self.net.synthesis_quantizer = synthesis_quantizer(preset)
+        self.net.synthesis_quantizer = synthesis_quantizer
         self.net.train()  # under autocast its entropy models still run in float32 (ICMCodec.forward)
         self.frozen = None if frozen is None else frozen.to(device)
         if task is not None and frozen is None:

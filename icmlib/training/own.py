@@ -24,7 +24,7 @@ from icmlib.engine import processes, threads, training_device
 from icmlib.presets import Preset, get_preset
 from icmlib.training.batches import crop_and_batch
 from icmlib.training.codec import CodecTraining, _check_steps, run_training
-from icmlib.training.recipe import ALL_RATES, resolve_rate, run_config
+from icmlib.training.recipe import ALL_RATES, resolve_rate, run_config, synthesis_quantizer
 from icmlib.training.start import init_identity
 from icmlib.training.weighting import STRATEGIES
 
@@ -108,7 +108,8 @@ def _train(preset, frozen, dataset, val_dataset, strategy, rate, steps, init_fro
     crop, _ = crop_and_batch(preset, with_task=True)
     data = (training_view(dataset, crop, seed + procs.rank), val_dataset)
     trainer = CodecTraining(preset, frozen.task, strategy, lmbda, steps, seed, init_from,
-                            device, procs, progress, frozen=frozen, data=data)
+                            device, procs, progress, frozen=frozen, data=data,
+                            synthesis_quantizer=synthesis_quantizer(preset))
     val_every = max(1, preset.icm_val_every) if val_dataset is not None else 0
     command = f"icmlib.training.train_icm_codec(<{frozen.task} network {network}>, " \
               f"{str(dataset.ann_file)!r}, strategy={strategy!r}, rate={rate!r})"

@@ -244,6 +244,8 @@ def baseline_config(preset: Union[Preset, str, None] = None, rate_index: Rate = 
                      preset.mse_finish_steps, preset.train_seed, parent, world_size())
     if "world_train" in parent:
         cfg["world_train"] = parent["world_train"]
+    if synthesis_quantizer(preset, "baseline") != "noise":
+        cfg["synthesis_quantizer"] = synthesis_quantizer(preset, "baseline")
     return cfg
 
 
@@ -280,7 +282,7 @@ def run_config(preset: Preset, task, strategy, rate_index, lmbda: Union[float, L
     if preset.codec_transforms != "residual":
         cfg["codec_transforms"] = preset.codec_transforms
     if task is not None and synthesis_quantizer(preset) != "noise":
-        cfg["icm_synthesis_quantizer"] = preset.icm_synthesis_quantizer
+        cfg["icm_synthesis_quantizer"] = synthesis_quantizer(preset)
     if preset.num_workers:
         cfg["num_workers"] = int(preset.num_workers)
     if world > 1:
@@ -292,12 +294,15 @@ def run_config(preset: Preset, task, strategy, rate_index, lmbda: Union[float, L
 SYNTHESIS_QUANTIZERS = ("noise", "ste")
 
 
-def synthesis_quantizer(preset: Preset) -> str:
-    """``preset.icm_synthesis_quantizer``, checked."""
-    if preset.icm_synthesis_quantizer not in SYNTHESIS_QUANTIZERS:
-        raise ValueError(f"icm_synthesis_quantizer must be one of {SYNTHESIS_QUANTIZERS}, "
-                         f"got {preset.icm_synthesis_quantizer!r}")
-    return preset.icm_synthesis_quantizer
+def synthesis_quantizer(preset: Preset, codecs: str = "icm") -> str:
+    """What the synthesis sees while ``codecs`` train, checked: ``preset.icm_synthesis_quantizer``
+    (the ICM codecs) or ``preset.baseline_synthesis_quantizer`` (the MSE baseline's finishing
+    stage). Every other codec trains with ``"noise"``."""
+    field = f"{codecs}_synthesis_quantizer"
+    value = getattr(preset, field)
+    if value not in SYNTHESIS_QUANTIZERS:
+        raise ValueError(f"{field} must be one of {SYNTHESIS_QUANTIZERS}, got {value!r}")
+    return value
 
 
 def without_unused_fields(config: Mapping[str, Any]) -> Dict[str, Any]:

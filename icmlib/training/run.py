@@ -19,7 +19,7 @@ from icmlib.codec import at_rate, load_codec
 from icmlib.presets import Preset, get_preset
 from icmlib.training import codec
 from icmlib.training.recipe import (_codec_config, baseline_config, codec_parent,
-                                    finishing_preset, recipe_rate)
+                                    finishing_preset, recipe_rate, synthesis_quantizer)
 from icmlib.training.zoo import zoo_mse_checkpoint
 
 __all__ = ["codec_run", "codec_for", "codec_at_rate", "logs_at_rate", "baseline_run"]
@@ -83,6 +83,7 @@ def baseline_run(preset: Union[Preset, str, None] = None, rate_index: Union[int,
     def train():
         parent = codec_run(preset, None, "mse", rate, progress=progress)
         return codec.train_codec(finishing_preset(preset), None, "mse", rate,
+                                 synthesis_quantizer=synthesis_quantizer(preset, "baseline"),
                                  steps=preset.mse_finish_steps, out_dir=run_dir,
                                  resume=not force, progress=progress, init_from=_weights(parent),
                                  command=f"icmlib.training.baseline_run(preset={preset.name!r}, "
