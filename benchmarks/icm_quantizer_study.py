@@ -121,9 +121,7 @@ def markdown(rows, meta):
 
 def savings_table(rows, baseline, other):
     """The savings against ``baseline`` of every codec but ``other`` (the other baseline)."""
-    compared = [dict(r, codec=BASELINE if r["codec"] == baseline else r["codec"])
-                for r in rows if r["codec"] != other]
-    savings = oracle_savings(compared)
+    savings = oracle_savings(rows, baseline=baseline, leave_out=(other,))
     lo, hi = savings[0]["range"]
     lines = [f"BD-rate against the {baseline} at equal box mAP (negative: fewer bits), over "
              "the lower half, the upper half and the whole of the box mAP range every curve "

@@ -115,3 +115,22 @@ def test_oracle_savings_are_bd_rates_against_the_baseline_over_one_common_range(
     rows += [{"codec": "ICM high", "input": "none", "bpp": 1.0 + m, "map": m} for m in (0.6, 0.7)]
     assert all(r["whole"] is None and "no accuracy range in common" in r["note"]
                for r in oracle_savings(rows))
+
+
+def test_oracle_savings_against_another_baseline_leaving_one_out():
+    """A study with two baselines: the savings against either, the other left out of the
+    rows and of the common range."""
+    from icmlib.evaluation.oracle import oracle_savings
+
+    points = [(0.05, 0.2), (0.1, 0.4), (0.2, 0.45), (0.4, 0.5)]
+    rows = [{"codec": "MSE baseline", "input": "none", "bpp": b, "map": m} for b, m in points]
+    rows += [{"codec": "better baseline", "input": "none", "bpp": b / 2, "map": m}
+             for b, m in points]
+    rows += [{"codec": "ICM", "input": "none", "bpp": b / 4, "map": m} for b, m in points]
+    # a baseline that starts higher up would narrow the range: left out, it does not
+    rows += [{"codec": "high", "input": "none", "bpp": b, "map": m} for b, m in points[2:]]
+    (icm,) = oracle_savings(rows, baseline="better baseline", leave_out=("MSE baseline", "high"))
+    assert icm["codec"] == "ICM" and icm["range"] == (0.2, 0.5)
+    assert icm["whole"] == pytest.approx(-50.0)
+    better, icm = oracle_savings(rows, leave_out=("high",))
+    assert better["whole"] == pytest.approx(-50.0) and icm["whole"] == pytest.approx(-75.0)

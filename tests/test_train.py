@@ -493,7 +493,7 @@ def test_the_synthesis_may_see_rounded_latents_while_an_icm_codec_trains(tmp_pat
     decoded) with a straight-through gradient, the rate term keeps the noise; the setting is
     in an ICM codec's key only when it is not the default, never in an MSE codec's."""
     from icmlib.codec import ICMCodec
-    from icmlib.training import codec_config, codec_run
+    from icmlib.training import baseline_config, codec_config, codec_run, train_codec
 
     torch.manual_seed(0)
     net = ICMCodec(N=16, M=24).train()
@@ -517,7 +517,17 @@ def test_the_synthesis_may_see_rounded_latents_while_an_icm_codec_trains(tmp_pat
     assert "icm_synthesis_quantizer" not in codec_config(p, "detection", "fixed", 0)
     assert codec_config(ste, "detection", "fixed", 0)["icm_synthesis_quantizer"] == "ste"
     assert codec_config(ste, None, "mse", 0) == codec_config(p, None, "mse", 0)
+    # the MSE baseline's finishing stage has a setting of its own, in its key alone
+    finish = p.replace(mse_finish_steps=2)
+    finish_ste = finish.replace(baseline_synthesis_quantizer="ste")
+    assert "synthesis_quantizer" not in baseline_config(finish, 0)
+    assert baseline_config(finish_ste, 0)["synthesis_quantizer"] == "ste"
+    assert baseline_config(finish_ste, 0)["init_from"] == baseline_config(finish, 0)["init_from"]
+    assert codec_config(finish_ste, "detection", "fixed", 0) == codec_config(
+        finish, "detection", "fixed", 0)
     monkeypatch.setenv("ICM_CACHE", str(tmp_path))
     with pytest.raises(ValueError, match="icm_synthesis_quantizer must be one of"):
         codec_run(p.replace(icm_synthesis_quantizer="round"), "detection", "fixed", 0,
                   progress=False)
+    with pytest.raises(ValueError, match="synthesis_quantizer must be one of"):
+        train_codec(p, None, "mse", 0, steps=1, synthesis_quantizer="round", progress=False)

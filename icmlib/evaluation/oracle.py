@@ -23,7 +23,7 @@ texture) gone. A codec that knew the task needs only the shapes would code this.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -98,27 +98,30 @@ def _curve(rows, codec, fill):
     return [(r["bpp"], r["map"]) for r in rows if (r["codec"], r["input"]) == (codec, fill)]
 
 
-def oracle_savings(rows, levels: int = 201):
+def oracle_savings(rows, levels: int = 201, *, baseline: str = BASELINE,
+                   leave_out: Sequence[str] = ()):
     """Per codec and input of an oracle study: its BD-rate (percent) against the MSE baseline
     on the real images over the lower half, the upper half and the whole of one accuracy
     range, the one every curve of the study covers, so that the rows compare
     (:func:`~icmlib.evaluation.bdrate.bd_rate_halves`). A list of dicts, each with that
     ``range``; ``lower``/``upper``/``whole`` are ``None`` (and ``note`` says why) where
-    the curves have no range in common."""
+    the curves have no range in common. ``baseline`` names the codec to compare against
+    (a study may measure two); the codecs in ``leave_out`` take no part, in the range
+    either."""
     import numpy as np
 
     from icmlib.evaluation.bdrate import bd_rate_halves, frontier, rate_difference_at
 
     rows = study_rows(rows)
     pairs = [p for p in dict.fromkeys((r["codec"], r["input"]) for r in rows)
-             if p[0] != "uncompressed"]
+             if p[0] != "uncompressed" and p[0] not in leave_out]
     fronts = {p: frontier(_curve(rows, *p)) for p in pairs}
     lo = max(f[0][1] for f in fronts.values())   # a frontier rises: first point lowest
     hi = min(f[-1][1] for f in fronts.values())
-    anchor = fronts[(BASELINE, ORIGINAL)]
+    anchor = fronts[(baseline, ORIGINAL)]
     out = []
     for pair in pairs:
-        if pair == (BASELINE, ORIGINAL):
+        if pair == (baseline, ORIGINAL):
             continue
         row = {"codec": pair[0], "input": pair[1], "range": (lo, hi), "lower": None,
                "upper": None, "whole": None, "note": ""}
