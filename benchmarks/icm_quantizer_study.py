@@ -33,7 +33,7 @@ after an interruption) unless they are there already; about 17 min (ICM) and 18 
 (baseline) on 2 threads, then 3 min of measuring.
 """
 import torch
-from study import header, run_study, saving_cells
+from study import header, run_study, savings_lines
 
 from icmlib.codec import run_codec
 from icmlib.data import dataset_for
@@ -122,13 +122,7 @@ def markdown(rows, meta):
 def savings_table(rows, baseline, other):
     """The savings against ``baseline`` of every codec but ``other`` (the other baseline)."""
     savings = oracle_savings(rows, baseline=baseline, leave_out=(other,))
-    lo, hi = savings[0]["range"]
-    lines = [f"BD-rate against the {baseline} at equal box mAP (negative: fewer bits), over "
-             "the lower half, the upper half and the whole of the box mAP range every curve "
-             f"here covers, {lo:.3f}–{hi:.3f}:", "",
-             "| codec | lower half | upper half | whole range |", "|---|---|---|---|"]
-    lines += [f"| {r['codec']} | " + " | ".join(saving_cells(r)) + " |" for r in savings]
-    return lines + [""]
+    return savings_lines(savings, f"the {baseline}", "every curve here covers") + [""]
 
 
 def main():

@@ -32,7 +32,7 @@ import json
 import sys
 
 import torch
-from study import OUT, header, run_study, saving_cells
+from study import OUT, header, run_study, savings_lines
 
 from icmlib.cache import cache_dir
 from icmlib.data import dataset_for
@@ -99,13 +99,7 @@ def markdown(rows, meta):
                    f"the decoded images", "new codec: rates rd_lambdas, 20000 steps from random "
                    "weights (MSE only to step 2000, the task at full strength from step 10000, "
                    "learning rate ×0.1 at step 16000); figure: icm_scratch_study.png")
-    savings = oracle_savings(rows)
-    lo, hi = savings[0]["range"]
-    lines += ["BD-rate against the MSE baseline at equal box mAP (negative: fewer bits), over "
-              "the lower half, the upper half and the whole of the box mAP range every curve "
-              f"covers, {lo:.3f}–{hi:.3f}:", "",
-              "| codec | lower half | upper half | whole range |", "|---|---|---|---|"]
-    lines += [f"| {r['codec']} | " + " | ".join(saving_cells(r)) + " |" for r in savings]
+    lines += savings_lines(oracle_savings(rows))
     lines += ["", "Every point:", "", "| codec | rates | point | bpp | PSNR | box mAP |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {r['codec']} | {r['rates']} | {r['point']} | {r['bpp']:.4f} | "
