@@ -149,7 +149,8 @@ def _verified_load(directory: Path, entry: Mapping[str, Any],
     if digest != entry["sha256"]:
         raise ShippedCheckpointError(f"its sha256 is {digest[:12]}…, the manifest says "
                                      f"{entry['sha256'][:12]}… (corrupted or replaced)")
-    if config is not None and json.loads(json.dumps(dict(config), default=str)) != entry.get("config"):
+    stored = entry.get("config")
+    if config is not None and json.loads(json.dumps(dict(config), default=str)) != stored:
         raise ShippedCheckpointError("it was trained with another configuration")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)

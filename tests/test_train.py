@@ -526,6 +526,21 @@ def test_the_synthesis_may_see_rounded_latents_while_an_icm_codec_trains(tmp_pat
     assert codec_config(finish_ste, "detection", "fixed", 0) == codec_config(
         finish, "detection", "fixed", 0)
     monkeypatch.setenv("ICM_CACHE", str(tmp_path))
+    # the recipe sets it: the MSE codec an ICM codec starts from trains on noise, the ICM
+    # codec on rounded latents
+    seen = []
+    forward = ICMCodec.forward
+
+    def spy(self, x, rate=None):
+        if self.training:
+            seen.append(self.synthesis_quantizer)
+        return forward(self, x, rate)
+
+    monkeypatch.setattr(ICMCodec, "forward", spy)
+    codec_run(ste, "detection", "fixed", 0, progress=False)
+    assert seen[0] == "noise" and seen[-1] == "ste"
+    assert seen.count("ste") == ste.icm_steps
+    monkeypatch.setattr(ICMCodec, "forward", forward)
     with pytest.raises(ValueError, match="icm_synthesis_quantizer must be one of"):
         codec_run(p.replace(icm_synthesis_quantizer="round"), "detection", "fixed", 0,
                   progress=False)
