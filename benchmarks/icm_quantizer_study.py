@@ -5,7 +5,7 @@ An ICM codec trains, as CompressAI's models do, with additive uniform noise in p
 rounding: ŷ = y + u feeds the rate term *and* the synthesis, so the frozen task network is
 trained against images decoded from noisy latents. What is coded is rounded. At low rates
 the two differ: on 64 validation images the shipped detection codec (fixed weighting) at
-its lowest point scores box mAP 0.393 on its noisy-latent images and 0.346 on the images it
+its lowest point scores box mAP 0.393 on its noisy-latent images and 0.347 on the images it
 really decodes (a probe of this study's ``noise_map``). The task term optimises the first.
 The "mixed" quantization of Minnen & Singh (2020) keeps the noise for the rate and feeds the
 synthesis y rounded around its predicted mean, as decoded, with a straight-through gradient
@@ -29,8 +29,9 @@ the test split chooses nothing), with the background oracle's code
     ICM_CACHE=.cache/book python benchmarks/icm_quantizer_study.py
 
 The codecs train into ``$ICM_CACHE/runs/codec/<key>`` (resumable: run the command again
-after an interruption) unless they are there already; about 17 min (ICM) and 18 min
-(baseline) on 2 threads, then 3 min of measuring.
+after an interruption) unless they are there already; on 2 threads about 17 min for the
+ICM codecs and 23 min for the baseline's (two of its parents are not shipped and train
+first), then 3 min of measuring.
 """
 import torch
 from study import header, run_study, savings_lines
@@ -108,7 +109,7 @@ def markdown(rows, meta):
     for baseline, other in ((BASELINE, BASELINE_STE), (BASELINE_STE, BASELINE)):
         lines += savings_table(rows, baseline, other)
     lines += ["", "Every point (noise: box mAP on the images decoded from noisy latents, what "
-              "training sees):", "",
+              "a codec trained on noise trains on):", "",
               "| codec | rates | point | bpp | PSNR | box mAP | noise |",
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['codec']} | {r['rates']} | {r['point']} | {r['bpp']:.4f} | "

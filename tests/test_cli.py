@@ -346,6 +346,16 @@ def test_a_shipped_form_checkpoint_is_a_model(files, capsys):
     expanded = pretrained.resolve_codec(files / "compact.pt")
     assert read_icm(out).fingerprint == fingerprint(load_codec(expand(compact(ckpt))))
     assert fingerprint(expanded) == read_icm(out).fingerprint
+    # the same codec as the float32 one, up to float16's rounding of its weights
+    original = load_image(files / "photo.png")
+    full = pretrained.resolve_codec(files / "codec.pt")
+    with torch.no_grad():
+        ours, theirs = (run_codec(n, original[None]) for n in (expanded, full))
+    assert (ours["x_hat"] - theirs["x_hat"]).abs().max() < 0.02
+    bits = [likelihood_bits(o["likelihoods"]).item() for o in (ours, theirs)]
+    assert bits[0] == pytest.approx(bits[1], rel=0.01)
+    decoded = load_image(files / "compact.png")
+    assert (decoded - quantized_image(theirs["x_hat"][0])).abs().max() <= 0.03
 
 
 def test_console_script_runs(files):

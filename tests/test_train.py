@@ -546,3 +546,11 @@ def test_the_synthesis_may_see_rounded_latents_while_an_icm_codec_trains(tmp_pat
                   progress=False)
     with pytest.raises(ValueError, match="synthesis_quantizer must be one of"):
         train_codec(p, None, "mse", 0, steps=1, synthesis_quantizer="round", progress=False)
+    with pytest.raises(ValueError, match="mse_finish_steps=0"):
+        baseline_config(p.replace(baseline_synthesis_quantizer="ste"), 0)
+    # a quantizer given to train_codec is in the run's key (its folder), as the preset's is
+    dirs = {q: train_codec(p, "detection", "fixed", 0, steps=1, synthesis_quantizer=q,
+                           progress=False)["run_dir"] for q in ("noise", "ste")}
+    assert dirs["noise"] != dirs["ste"]
+    assert dirs["ste"] == train_codec(ste, "detection", "fixed", 0, steps=1,
+                                      progress=False)["run_dir"]

@@ -156,7 +156,9 @@ def _train_codec(preset: Preset, task, strategy, rate_index, steps, out_dir, res
 
     procs = processes()
     device = training_device(preset.device, procs.local_rank, f"preset {preset.name!r}")
-    cfg = run_config(preset, task, strategy, rate_index, lmbda, steps, seed,
+    # the key records the quantizer this run uses, given here or by the preset
+    keyed = preset.replace(icm_synthesis_quantizer=quantizer) if task is not None else preset
+    cfg = run_config(keyed, task, strategy, rate_index, lmbda, steps, seed,
                      init_identity(init_from), procs.world)
     if task is None and quantizer != "noise":
         cfg["synthesis_quantizer"] = quantizer

@@ -235,6 +235,7 @@ def baseline_config(preset: Union[Preset, str, None] = None, rate_index: Rate = 
     without, the MSE codec's own key.
     """
     preset = get_preset(preset)
+    check_baseline_quantizer(preset)
     rate = recipe_rate(preset, rate_index)
     parent = _codec_config(preset, None, "mse", rate, None)
     if not preset.mse_finish_steps:
@@ -303,6 +304,14 @@ def synthesis_quantizer(preset: Preset, codecs: str = "icm") -> str:
     if value not in SYNTHESIS_QUANTIZERS:
         raise ValueError(f"{field} must be one of {SYNTHESIS_QUANTIZERS}, got {value!r}")
     return value
+
+
+def check_baseline_quantizer(preset: Preset) -> None:
+    """``baseline_synthesis_quantizer`` applies to the finishing stage: refused without one,
+    rather than ignored."""
+    if synthesis_quantizer(preset, "baseline") != "noise" and not preset.mse_finish_steps:
+        raise ValueError("baseline_synthesis_quantizer applies to the MSE baseline's finishing "
+                         "stage, and this preset has none (mse_finish_steps=0)")
 
 
 def without_unused_fields(config: Mapping[str, Any]) -> Dict[str, Any]:

@@ -18,8 +18,9 @@ from icmlib.cache import cache_dir, config_key, train_or_load
 from icmlib.codec import at_rate, load_codec
 from icmlib.presets import Preset, get_preset
 from icmlib.training import codec
-from icmlib.training.recipe import (_codec_config, baseline_config, codec_parent,
-                                    finishing_preset, recipe_rate, synthesis_quantizer)
+from icmlib.training.recipe import (_codec_config, baseline_config, check_baseline_quantizer,
+                                    codec_parent, finishing_preset, recipe_rate,
+                                    synthesis_quantizer)
 from icmlib.training.zoo import zoo_mse_checkpoint
 
 __all__ = ["codec_run", "codec_for", "codec_at_rate", "logs_at_rate", "baseline_run"]
@@ -74,6 +75,7 @@ def baseline_run(preset: Union[Preset, str, None] = None, rate_index: Union[int,
     :func:`~icmlib.training.recipe.baseline_config`; the ICM codecs start from the MSE
     codec, not from this one, so their keys do not depend on it."""
     preset = get_preset(preset)
+    check_baseline_quantizer(preset)
     rate = recipe_rate(preset, rate_index)
     if not preset.mse_finish_steps:
         return codec_run(preset, None, "mse", rate, progress=progress, force=force)
