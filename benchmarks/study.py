@@ -39,12 +39,12 @@ def run_study(name: str, command: str, threads: int, measure, markdown, extra_me
 
 
 def savings_lines(savings, against: str = "the MSE baseline",
-                  where: str = "every curve covers") -> list:
+                  where: str = "every curve covers", metric: str = "box mAP") -> list:
     """A table of :func:`icmlib.evaluation.oracle.oracle_savings` rows, under the sentence
-    that says against which baseline and over which box mAP range."""
+    that says against which baseline and over which range of ``metric``."""
     lo, hi = savings[0]["range"]
-    return [f"BD-rate against {against} at equal box mAP (negative: fewer bits), over the "
-            f"lower half, the upper half and the whole of the box mAP range {where}, "
+    return [f"BD-rate against {against} at equal {metric} (negative: fewer bits), over the "
+            f"lower half, the upper half and the whole of the {metric} range {where}, "
             f"{lo:.3f}–{hi:.3f}:", "",
             "| codec | lower half | upper half | whole range |", "|---|---|---|---|"] + [
         f"| {r['codec']} | " + " | ".join(saving_cells(r)) + " |" for r in savings]
