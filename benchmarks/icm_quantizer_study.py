@@ -39,7 +39,7 @@ first), then 3 min of measuring.
 import sys
 
 import torch
-from study import header, run_study, savings_lines
+from study import header, run_study, savings_lines, task_and_args
 
 from icmlib.codec import run_codec
 from icmlib.data import dataset_for
@@ -134,15 +134,11 @@ def savings_table(rows, baseline, other, metric):
 
 
 def main(argv=None):
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
+    task, args = task_and_args(argv, METRIC, __doc__)
+    if task is None:
         return
-    task = "detection"
     if args:
-        task = args[1] if len(args) == 2 and args[0] == "--task" else ""
-    if task not in METRIC:
-        sys.exit(f"usage: icm_quantizer_study.py [--task {'|'.join(METRIC)}]")
+        sys.exit(f"icm_quantizer_study.py takes only --task, not {' '.join(args)}")
     name = "icm_quantizer_study" + ("" if task == "detection" else f"_{task}")
     command = COMMAND + ("" if task == "detection" else f" --task {task}")
     run_study(name, command, 2, lambda: measure(get_preset("cpu"), task),

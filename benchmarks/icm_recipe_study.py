@@ -22,9 +22,8 @@ in an MSE codec's key). The committed table's codecs were trained into
 ``runs/study/<field>-<value>`` by an earlier version of this script, from the same parent
 for the same steps.
 """
-import sys
 
-from study import header, run_study
+from study import header, run_study, task_and_args
 
 from icmlib.data import dataset_for
 from icmlib.evaluation.bdrate import BDRateError, bd_rate
@@ -100,17 +99,9 @@ def markdown(task, rows, meta):
 
 
 def main(argv=None):
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
+    task, args = task_and_args(argv, METRIC, __doc__)
+    if task is None:
         return
-    task = "detection"
-    if "--task" in args:
-        at = args.index("--task")
-        task = args[at + 1] if at + 1 < len(args) else ""
-        del args[at:at + 2]
-        if task not in METRIC:
-            sys.exit(f"--task takes one of {', '.join(METRIC)}, got {task!r}")
     variants = args or VARIANTS
     words = ([] if task == "detection" else ["--task", task]) + list(args)
     name = "icm_recipe_study" + ("" if task == "detection" else f"_{task}")

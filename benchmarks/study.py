@@ -3,6 +3,7 @@ write ``data/results/cpu/<name>.json`` (meta + rows) and ``<name>.md`` with the 
 commit, hardware and minutes it took, so that each number quoted elsewhere has its source."""
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +37,24 @@ def run_study(name: str, command: str, threads: int, measure, markdown, extra_me
     (OUT / f"{name}.md").write_text(markdown(rows, meta))
     print(markdown(rows, meta))
     return rows
+
+
+def task_and_args(argv, tasks, doc: str):
+    """``(task, the other arguments)`` of a study's command line: ``--task NAME`` (one of
+    ``tasks``; default detection) and whatever else it takes. ``-h`` prints ``doc`` and gives
+    ``(None, [])``; an unknown task exits with a message."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(doc)
+        return None, []
+    task = "detection"
+    if "--task" in args:
+        at = args.index("--task")
+        task = args[at + 1] if at + 1 < len(args) else ""
+        del args[at:at + 2]
+        if task not in tasks:
+            sys.exit(f"--task takes one of {', '.join(tasks)}, got {task!r}")
+    return task, args
 
 
 def savings_lines(savings, against: str = "the MSE baseline",
