@@ -67,17 +67,15 @@ def resolve_codec(model: Optional[Union[str, Path]] = None,
     cached: :func:`icmlib.codec.zoo.zoo_codec`), or ``None`` for the default. ``quality``
     picks a variable-rate codec's rate point (default: the default codec's
     :data:`DEFAULT_QUALITY`, any other codec's highest)."""
-    if model is None:
-        return default_codec(quality)
-    if isinstance(model, str) and model.startswith("zoo:"):
+    if _is_zoo(model):
         from icmlib.codec.zoo import zoo_codec
 
         if quality is not None:
             raise ModelError(f"--quality does not apply to {model}: a zoo codec's quality is "
                              f"part of its name (zoo:NAME:QUALITY)")
         return zoo_codec(model, download=download)
-    net = _load(Path(model))
-    return at_quality(net, quality if quality is not None else max(qualities(net), default=1))
+    net = _network(model)
+    return at_quality(net, _default_quality(model, net) if quality is None else quality)
 
 
 def decoder_for(model: Optional[Union[str, Path]], file_fingerprint: bytes,
@@ -86,18 +84,28 @@ def decoder_for(model: Optional[Union[str, Path]], file_fingerprint: bytes,
     file decodes without being told its quality. When none matches, the codec as
     :func:`resolve_codec` gives it: decoding then refuses the file with the model check's
     message."""
-    if model is not None and not (isinstance(model, str) and model.startswith("zoo:")):
-        net = _load(Path(model))
-    elif model is None:
-        net = _default_network()
-    else:
+    if _is_zoo(model):
         return resolve_codec(model, download=download)
+    net = _network(model)
     for quality in qualities(net):
         candidate = at_quality(net, quality)
         if fingerprint(candidate) == bytes(file_fingerprint):
             return candidate
-    default = DEFAULT_QUALITY if model is None else max(qualities(net), default=1)
-    return at_quality(net, default)
+    return at_quality(net, _default_quality(model, net))
+
+
+def _is_zoo(model) -> bool:
+    return isinstance(model, str) and model.startswith("zoo:")
+
+
+def _network(model) -> ICMCodec:
+    """The whole codec of ``--model`` (all its rate points): the default, or a checkpoint."""
+    return _default_network() if model is None else _load(Path(model))
+
+
+def _default_quality(model, net) -> int:
+    """The default codec's :data:`DEFAULT_QUALITY`; any other codec's highest quality."""
+    return DEFAULT_QUALITY if model is None else max(qualities(net), default=1)
 
 
 def qualities(net: nn.Module) -> range:
