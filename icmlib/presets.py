@@ -160,6 +160,11 @@ class Preset:
                                         # the rate term does; "ste", y rounded around its
                                         # mean with a straight-through gradient, the decoded
                                         # image (ICMCodec.synthesis_quantizer)
+    icm_feature_weight: float = 0.0     # phi: adds phi * L_feat to an ICM codec's task term,
+                                        # L_feat the task network's feature pyramid on x-hat
+                                        # against on x, relative squared error
+                                        # (icmlib.codec.losses.feature_distortion); 0: the
+                                        # paper's task loss alone. In the key only when > 0
     weighting_warmup: float = 0.1       # dynamic: MSE only until this fraction of steps
     weighting_ramp_end: float = 0.5     # dynamic: task at full strength from this fraction
     auto_momentum: float = 0.9          # auto: momentum of the running loss magnitudes

@@ -86,13 +86,34 @@ def task_loss(frozen_task, x_hat: torch.Tensor, targets: Sequence[dict]) -> Dict
     return out
 
 
+def feature_distortion(frozen_task, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """How far the task network's feature pyramid on x̂ is from that on x: the squared error
+    of each level relative to the level's energy on x, averaged over the levels.
+
+    Relative, so that no level's scale outweighs the others' and the weight ``φ``
+    (``preset.icm_feature_weight``) means the same for any network. Unlike the task loss,
+    which only speaks where an anchor or a proposal meets an object, it gives every
+    position a gradient: the network's own measure of what in the image it reads.
+    x̂ is clamped to [0, 1] first, as in :func:`task_loss`.
+    """
+    with torch.no_grad():
+        reference = frozen_task.features(x)
+    decoded = frozen_task.features(x_hat.clamp(0, 1))
+    levels = [((d.float() - r.float()) ** 2).mean() / (r.float() ** 2).mean().clamp_min(1e-12)
+              for d, r in zip(decoded, reference)]
+    return torch.stack(levels).mean()
+
+
 def loss_terms(output: Mapping, x: torch.Tensor, frozen_task=None,
-               targets: Optional[Sequence[dict]] = None) -> Dict[str, torch.Tensor]:
+               targets: Optional[Sequence[dict]] = None,
+               feature_weight: float = 0.0) -> Dict[str, torch.Tensor]:
     """Every term of eq. 3 for one batch: ``{"rate", "mse", "task", "task/...": ...}``.
 
     ``output`` is the codec's forward output (``x_hat`` already cropped to ``x``).
     Without a task network (the MSE codec) ``task`` is a zero tensor, so every run logs
-    the same columns.
+    the same columns. ``feature_weight`` φ > 0 adds ``φ · feature_distortion`` to the task
+    term (logged unweighted as ``task/feature``), so every weighting strategy weighs it as
+    part of what the machine needs.
     """
     n, _, h, w = x.shape
     terms = {"rate": rate_bpp(output["likelihoods"], n * h * w),
@@ -101,6 +122,11 @@ def loss_terms(output: Mapping, x: torch.Tensor, frozen_task=None,
         if targets is None:
             raise ValueError("a task loss needs the targets of the batch")
         terms.update(task_loss(frozen_task, output["x_hat"], targets))
+        if feature_weight < 0:
+            raise ValueError(f"feature_weight must be >= 0, got {feature_weight}")
+        if feature_weight > 0:
+            terms["task/feature"] = feature_distortion(frozen_task, output["x_hat"], x)
+            terms["task"] = terms["task"] + feature_weight * terms["task/feature"]
     else:
         terms["task"] = torch.zeros((), device=x.device)
     return terms

@@ -134,6 +134,21 @@ class FrozenTask(nn.Module):
         with self._loss_mode():
             return task_losses(self.model, self.task, imgs, targets)
 
+    def features(self, images) -> List[torch.Tensor]:
+        """The feature pyramid the R-CNN's heads read, one [B, C, h, w] map per level,
+        differentiable w.r.t. ``images`` (the network in eval mode, as at inference).
+
+        This is what every later stage of a detector sees of the image, so matching it is
+        a dense stand-in for the task loss (:func:`icmlib.codec.losses.feature_distortion`).
+        """
+        if self.task == "semantic":
+            raise ValueError("features() reads an R-CNN's feature pyramid; the semantic "
+                             "task's U-Net has none (use the task loss alone)")
+        imgs = self._as_batch(images)
+        self.model.eval()
+        batch, _ = self.model.transform(imgs)
+        return list(self.model.backbone(batch.tensors).values())
+
     def loss(self, images, targets) -> torch.Tensor:
         """The sum of :meth:`losses`: the task term ``L_task`` of the ICM training loss."""
         return sum(self.losses(images, targets).values())

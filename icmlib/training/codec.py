@@ -58,8 +58,8 @@ from icmlib.engine import (Processes, Reporter, RunState, TrainingDiverged, all_
                            threads, train_loop, training_device)
 from icmlib.presets import Preset, get_preset
 from icmlib.training.batches import Batches, crop_and_batch
-from icmlib.training.recipe import (SYNTHESIS_QUANTIZERS, TRAIN_VERSION, resolve_rate, run_config,
-                                   synthesis_quantizer)
+from icmlib.training.recipe import (SYNTHESIS_QUANTIZERS, TRAIN_VERSION, feature_weight,
+                                   resolve_rate, run_config, synthesis_quantizer)
 from icmlib.training.start import build_codec, configure_optimizers, init_identity, lr_milestones
 from icmlib.training.validation import validate_codec
 from icmlib.training.weighting import STRATEGIES, make_strategy, rate_at
@@ -339,7 +339,8 @@ class CodecTraining:
         self.aux_opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
             out = run_codec(self.model, x, rate=r)
-            terms = losses.loss_terms(out, x, self.frozen, targets)
+            terms = losses.loss_terms(out, x, self.frozen, targets,
+                                      feature_weight(self.preset, self.task) if self.task else 0.0)
         values = {k: float(v.detach()) for k, v in terms.items()}
         values = all_mean(values, self.procs.distributed, self.device)
         w = self.weighting.weights(step, values)

@@ -284,6 +284,8 @@ def run_config(preset: Preset, task, strategy, rate_index, lmbda: Union[float, L
         cfg["codec_transforms"] = preset.codec_transforms
     if task is not None and synthesis_quantizer(preset) != "noise":
         cfg["icm_synthesis_quantizer"] = synthesis_quantizer(preset)
+    if task is not None and feature_weight(preset, task):
+        cfg["icm_feature_weight"] = feature_weight(preset, task)
     if preset.num_workers:
         cfg["num_workers"] = int(preset.num_workers)
     if world > 1:
@@ -304,6 +306,18 @@ def synthesis_quantizer(preset: Preset, codecs: str = "icm") -> str:
     if value not in SYNTHESIS_QUANTIZERS:
         raise ValueError(f"{field} must be one of {SYNTHESIS_QUANTIZERS}, got {value!r}")
     return value
+
+
+def feature_weight(preset: Preset, task: Optional[str] = None) -> float:
+    """``preset.icm_feature_weight`` (φ), checked: a number >= 0, and 0 for the semantic
+    task, whose U-Net has no feature pyramid to match."""
+    value = preset.icm_feature_weight
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise ValueError(f"icm_feature_weight must be a number >= 0, got {value!r}")
+    if value and task == "semantic":
+        raise ValueError("icm_feature_weight matches an R-CNN's feature pyramid; the semantic "
+                         "task has none: leave it 0")
+    return float(value)
 
 
 def check_baseline_quantizer(preset: Preset) -> None:
