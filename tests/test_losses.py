@@ -82,3 +82,64 @@ def test_no_task_gives_zero_task_term_and_zero_weights_are_skipped():
         losses.total_loss(terms, {"rate": 1.0})
     with pytest.raises(ValueError, match="targets"):
         losses.loss_terms(net(x), x, _FakeTask(), None)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    from icmlib.presets import get_preset
+    from icmlib.tasks import FrozenTask, build_task_network
+
+    torch.manual_seed(0)
+    return FrozenTask(build_task_network("detection", get_preset("ci")), "detection")
+
+
+def test_feature_distortion_is_relative_and_zero_only_for_the_same_image(detector):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    assert float(losses.feature_distortion(detector, x, x)) == 0.0
+    other = torch.rand_like(x)
+    near = losses.feature_distortion(detector, (x + 0.01 * torch.randn_like(x)).clamp(0, 1), x)
+    far = losses.feature_distortion(detector, other, x)
+    assert 0 < float(near) < float(far)
+    # relative: the same for a network whose features are all scaled by 10
+    scaled = losses.feature_distortion(_Scaled(detector, 10.0), other, x)
+    assert float(scaled) == pytest.approx(float(far), rel=1e-4)
+
+
+class _Scaled:
+    def __init__(self, task, factor):
+        self.task, self.factor = task, factor
+
+    def features(self, images):
+        return [self.factor * m for m in self.task.features(images)]
+
+
+def test_feature_weight_adds_the_feature_distortion_to_the_task_term(detector):
+    torch.manual_seed(0)
+    net = ICMCodec(16, 24).train()
+    x = torch.rand(2, 3, 64, 64)
+    out = net(x)
+    plain = losses.loss_terms(out, x, _FakeTask(), [{}, {}])
+    assert "task/feature" not in plain
+    with_features = losses.loss_terms(out, x, _FeatureTask(detector), [{}, {}], feature_weight=2.5)
+    feature = float(with_features["task/feature"].detach())
+    assert feature > 0
+    assert float(with_features["task"].detach()) == pytest.approx(
+        float(plain["task"].detach()) + 2.5 * feature, rel=1e-5)
+    with_features["task"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.g_s.parameters())
+    with pytest.raises(ValueError, match="feature_weight must be >= 0"):
+        losses.loss_terms(out, x, _FakeTask(), [{}, {}], feature_weight=-1)
+
+
+class _FeatureTask:
+    """_FakeTask's losses, a real detector's feature pyramid."""
+
+    def __init__(self, detector):
+        self.detector = detector
+
+    def losses(self, images, targets):
+        return _FakeTask().losses(images, targets)
+
+    def features(self, images):
+        return self.detector.features(images)

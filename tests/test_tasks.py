@@ -215,3 +215,27 @@ def test_small_backbone_strides(preset):
         feats = net(torch.zeros(1, 3, 64, 64))
         assert [f.shape[-1] for f in feats.values()] == [64 // stride, 32 // stride, 16 // stride]
         assert all(f.shape[1] == 16 for f in feats.values())
+
+
+@pytest.mark.parametrize("task", ["detection", "instance"])
+def test_features_are_the_feature_pyramid_and_reach_the_image(task, preset, batch):
+    """FrozenTask.features: one map per pyramid level, equal for equal images, with a
+    gradient into the image and none into the frozen weights."""
+    torch.manual_seed(0)
+    frozen = tasks.FrozenTask(tasks.build_task_network(task, preset), task)
+    images = batch[0].clone().requires_grad_(True)
+    maps = frozen.features(images)
+    assert len(maps) == len(frozen.model.backbone(frozen.model.transform(
+        list(batch[0]))[0].tensors))
+    assert all(m.shape[0] == len(images) for m in maps)
+    again = frozen.features(batch[0])
+    assert all(torch.equal(a.detach(), b) for a, b in zip(maps, again))
+    sum(m.square().mean() for m in maps).backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert all(p.grad is None for p in frozen.model.parameters())
+
+
+def test_the_semantic_network_has_no_feature_pyramid(preset, batch):
+    frozen = tasks.FrozenTask(tasks.build_task_network("semantic", preset), "semantic")
+    with pytest.raises(ValueError, match="no feature pyramid|has none"):
+        frozen.features(batch[0])

@@ -554,3 +554,24 @@ def test_the_synthesis_may_see_rounded_latents_while_an_icm_codec_trains(tmp_pat
     assert dirs["noise"] != dirs["ste"]
     assert dirs["ste"] == train_codec(ste, "detection", "fixed", 0, steps=1,
                                       progress=False)["run_dir"]
+
+
+def test_the_feature_weight_is_in_an_icm_codecs_key_only_when_set(tmp_path):
+    """icm_feature_weight φ > 0: in an ICM codec's key (never an MSE codec's), logged as
+    ``task/feature`` while it trains; refused below 0 and for the semantic task."""
+    from icmlib.training import codec_config, train_codec
+
+    p = ci()
+    feat = p.replace(icm_feature_weight=2.5)
+    assert "icm_feature_weight" not in codec_config(p, "detection", "fixed", 0)
+    assert codec_config(feat, "detection", "fixed", 0)["icm_feature_weight"] == 2.5
+    assert codec_config(feat, None, "mse", 0) == codec_config(p, None, "mse", 0)
+    out = train_codec(feat, "detection", "fixed", 0, steps=2, out_dir=tmp_path,
+                      progress=False)
+    rows = out["logs"]["train"]
+    assert all(r["task/feature"] > 0 and math.isfinite(r["task/feature"]) for r in rows)
+    for bad in (-1.0, "2", True):
+        with pytest.raises(ValueError, match="icm_feature_weight must be a number >= 0"):
+            codec_config(p.replace(icm_feature_weight=bad), "detection", "fixed", 0)
+    with pytest.raises(ValueError, match="semantic task has none"):
+        codec_config(feat, "semantic", "fixed", 0)

@@ -1,0 +1,113 @@
+"""A dense task term: the task network's feature pyramid as part of what an ICM codec keeps
+(data/results/cpu/icm_feature_study.*)
+
+The paper's task term is the frozen network's own training loss on the decoded image. It
+speaks only where an anchor or a proposal meets an object: a sparse signal, and at low
+rates the MSE term (μ = 0.1 of λ) still decides most of what the codec keeps. A common
+alternative in coding for machines is a feature distortion: how far the network's features
+on x̂ are from those on x. Here it is the feature pyramid the R-CNN's heads read, the
+squared error of each level relative to its energy, averaged over levels
+(:func:`icmlib.codec.losses.feature_distortion`), added to the task term with a weight φ
+(``preset.icm_feature_weight``). φ = 2.5 gives it about the task loss's gradient on x̂
+(measured on the shipped detection codec, 4 training batches: ‖∇L_task‖ / ‖∇L_feat‖ =
+2.6–2.7 at its lowest and highest rate points).
+
+This study trains the detection codecs with fixed weighting (rates ``low_rd_lambdas`` and
+``rd_lambdas``) with the feature term, from the same MSE codecs and for the same steps as the
+shipped ones, and measures them with the shipped ones and the MSE baseline on validation
+images (recipes are chosen on validation data; the test split chooses nothing): real bpp,
+PSNR and box mAP at every rate point, and each codec's BD-rate against the baseline over
+the lower half, the upper half and the whole box mAP range every curve covers
+(:func:`icmlib.evaluation.oracle.oracle_savings`).
+
+    ICM_CACHE=.cache/book python benchmarks/icm_feature_study.py
+
+The codecs train into ``$ICM_CACHE/runs/codec/<key>`` (resumable: run the command again
+after an interruption) unless they are there already; on 2 threads about 20 min per variant,
+then a few minutes of measuring.
+"""
+import sys
+
+from study import header, run_study, savings_lines
+
+from icmlib.data import dataset_for
+from icmlib.evaluation.oracle import BASELINE, ORIGINAL, oracle_savings
+from icmlib.presets import get_preset
+from icmlib.tasks import FrozenTask, evaluate_task, task_network
+from icmlib.training import baseline_run, codec_at_rate, codec_run, resolve_rate
+from icmlib.training.validation import validate_codec
+
+IMAGES = 64
+TASK, STRATEGY = "detection", "fixed"
+COMMAND = "ICM_CACHE=.cache/book python benchmarks/icm_feature_study.py"
+ICM_GROUPS = ("low", "all")
+BASELINE_GROUPS = ("mse-low", "low", "mse-mid", "all")
+SHIPPED = "ICM fixed, task loss alone (shipped: φ = 0, μ = 0.1)"
+#: (φ, μ) of each variant trained: the feature term beside the shipped MSE term, and in
+#: place of most of it
+VARIANTS = ((2.5, 0.1), (2.5, 0.03))
+
+
+def variant_name(phi: float, mu: float) -> str:
+    return f"ICM fixed, task loss + feature term (φ = {phi:g}, μ = {mu:g})"
+
+
+def codecs(preset):
+    """(name, [(rate group, checkpoint)]) of every codec compared; the new ones are trained
+    here (resumably) if not cached."""
+    yield BASELINE, [(g, baseline_run(preset, g, progress=False)) for g in BASELINE_GROUPS]
+    yield SHIPPED, [(g, codec_run(preset, TASK, STRATEGY, g, progress=False))
+                    for g in ICM_GROUPS]
+    for phi, mu in VARIANTS:
+        variant = preset.replace(icm_feature_weight=phi, icm_mse_weight=mu, train_threads=2)
+        yield variant_name(phi, mu), [(g, codec_run(variant, TASK, STRATEGY, g, progress=True))
+                                      for g in ICM_GROUPS]
+
+
+def measure(preset):
+    val = dataset_for(preset, "val", train=False)
+    frozen = FrozenTask(task_network(TASK, preset, progress=False), TASK)
+    images = [val[i][0] for i in range(IMAGES)]
+    score = evaluate_task(frozen, TASK, val, images=images, max_images=IMAGES)["score"]
+    rows = [{"codec": "uncompressed", "input": ORIGINAL, "bpp": None, "psnr": None,
+             "map": float(score)}]
+    for name, groups in codecs(preset):
+        for group, ckpt in groups:
+            for point in range(len(resolve_rate(preset, group)[1])):
+                m = validate_codec(codec_at_rate(ckpt, point), val, IMAGES, frozen, TASK,
+                                   images=images)
+                rows.append({"codec": name, "input": ORIGINAL, "rates": group, "point": point,
+                             "bpp": m["bpp"], "psnr": m["psnr"], "map": m["task_score"]})
+                print(rows[-1], flush=True)
+    return rows
+
+
+def markdown(rows, meta):
+    lines = header("A feature term in the ICM codec's task term (detection, fixed weighting; "
+                   "validation images)", meta,
+                   f"{IMAGES} validation images; box mAP@[.5:.95] of the frozen detector on the "
+                   "decoded images", "new codecs: the shipped recipe plus φ · feature_distortion "
+                   "in the task term (icm_feature_weight = φ, icm_mse_weight = μ), rates "
+                   "low_rd_lambdas and rd_lambdas, from the same MSE codecs for the same steps")
+    lines += savings_lines(oracle_savings(rows), "the MSE baseline", "every curve here covers")
+    lines += ["", "Every point:", "", "| codec | rates | point | bpp | PSNR | box mAP |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {r['codec']} | {r['rates']} | {r['point']} | {r['bpp']:.4f} | "
+              f"{r['psnr']:.2f} | {r['map']:.3f} |" for r in rows if r["bpp"] is not None]
+    lines += ["", "Uncompressed validation images: box mAP "
+              + ", ".join(f"{r['map']:.3f}" for r in rows if r["codec"] == "uncompressed") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return
+    if args:
+        sys.exit(f"icm_feature_study.py takes no arguments, not {' '.join(args)}")
+    run_study("icm_feature_study", COMMAND, 2, lambda: measure(get_preset("cpu")), markdown)
+
+
+if __name__ == "__main__":
+    main()
