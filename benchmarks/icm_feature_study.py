@@ -20,7 +20,10 @@ PSNR and box mAP at every rate point, and each codec's BD-rate against the basel
 the lower half, the upper half and the whole box mAP range every curve covers
 (:func:`icmlib.evaluation.oracle.oracle_savings`).
 
-    ICM_CACHE=.cache/book python benchmarks/icm_feature_study.py
+    ICM_CACHE=.cache/book python benchmarks/icm_feature_study.py [--task instance]
+
+``--task instance`` trains and measures the instance-segmentation codecs instead (mask mAP;
+``icm_feature_study_instance.*``), with the variant chosen on detection only.
 
 The codecs train into ``$ICM_CACHE/runs/codec/<key>`` (resumable: run the command again
 after an interruption) unless they are there already; on 2 threads about 20 min per variant,
@@ -28,7 +31,7 @@ then a few minutes of measuring.
 """
 import sys
 
-from study import header, run_study, savings_lines
+from study import header, run_study, savings_lines, task_and_args
 
 from icmlib.data import dataset_for
 from icmlib.evaluation.oracle import BASELINE, ORIGINAL, oracle_savings
@@ -38,43 +41,44 @@ from icmlib.training import baseline_run, codec_at_rate, codec_run, resolve_rate
 from icmlib.training.validation import validate_codec
 
 IMAGES = 64
-TASK, STRATEGY = "detection", "fixed"
+STRATEGY = "fixed"
+METRIC = {"detection": ("box mAP", "detector"), "instance": ("mask mAP", "instance network")}
 COMMAND = "ICM_CACHE=.cache/book python benchmarks/icm_feature_study.py"
 ICM_GROUPS = ("low", "all")
 BASELINE_GROUPS = ("mse-low", "low", "mse-mid", "all")
 SHIPPED = "ICM fixed, task loss alone (shipped: φ = 0, μ = 0.1)"
-#: (φ, μ) of each variant trained: the feature term beside the shipped MSE term, and in
-#: place of most of it
-VARIANTS = ((2.5, 0.1), (2.5, 0.03))
+#: (φ, μ) of each variant trained: on detection the feature term beside the shipped MSE
+#: term, and in place of most of it; on instance segmentation the one detection chose
+VARIANTS = {"detection": ((2.5, 0.1), (2.5, 0.03)), "instance": ((2.5, 0.03),)}
 
 
 def variant_name(phi: float, mu: float) -> str:
     return f"ICM fixed, task loss + feature term (φ = {phi:g}, μ = {mu:g})"
 
 
-def codecs(preset):
+def codecs(preset, task):
     """(name, [(rate group, checkpoint)]) of every codec compared; the new ones are trained
     here (resumably) if not cached."""
     yield BASELINE, [(g, baseline_run(preset, g, progress=False)) for g in BASELINE_GROUPS]
-    yield SHIPPED, [(g, codec_run(preset, TASK, STRATEGY, g, progress=False))
+    yield SHIPPED, [(g, codec_run(preset, task, STRATEGY, g, progress=False))
                     for g in ICM_GROUPS]
-    for phi, mu in VARIANTS:
+    for phi, mu in VARIANTS[task]:
         variant = preset.replace(icm_feature_weight=phi, icm_mse_weight=mu, train_threads=2)
-        yield variant_name(phi, mu), [(g, codec_run(variant, TASK, STRATEGY, g, progress=True))
+        yield variant_name(phi, mu), [(g, codec_run(variant, task, STRATEGY, g, progress=True))
                                       for g in ICM_GROUPS]
 
 
-def measure(preset):
+def measure(preset, task):
     val = dataset_for(preset, "val", train=False)
-    frozen = FrozenTask(task_network(TASK, preset, progress=False), TASK)
+    frozen = FrozenTask(task_network(task, preset, progress=False), task)
     images = [val[i][0] for i in range(IMAGES)]
-    score = evaluate_task(frozen, TASK, val, images=images, max_images=IMAGES)["score"]
+    score = evaluate_task(frozen, task, val, images=images, max_images=IMAGES)["score"]
     rows = [{"codec": "uncompressed", "input": ORIGINAL, "bpp": None, "psnr": None,
              "map": float(score)}]
-    for name, groups in codecs(preset):
+    for name, groups in codecs(preset, task):
         for group, ckpt in groups:
             for point in range(len(resolve_rate(preset, group)[1])):
-                m = validate_codec(codec_at_rate(ckpt, point), val, IMAGES, frozen, TASK,
+                m = validate_codec(codec_at_rate(ckpt, point), val, IMAGES, frozen, task,
                                    images=images)
                 rows.append({"codec": name, "input": ORIGINAL, "rates": group, "point": point,
                              "bpp": m["bpp"], "psnr": m["psnr"], "map": m["task_score"]})
@@ -82,31 +86,35 @@ def measure(preset):
     return rows
 
 
-def markdown(rows, meta):
-    lines = header("A feature term in the ICM codec's task term (detection, fixed weighting; "
+def markdown(rows, meta, task="detection"):
+    metric, network = METRIC[task]
+    lines = header(f"A feature term in the ICM codec's task term ({task}, fixed weighting; "
                    "validation images)", meta,
-                   f"{IMAGES} validation images; box mAP@[.5:.95] of the frozen detector on the "
-                   "decoded images", "new codecs: the shipped recipe plus φ · feature_distortion "
+                   f"{IMAGES} validation images; {metric}@[.5:.95] of the frozen {network} on "
+                   "the decoded images", "new codecs: the shipped recipe plus φ · feature_distortion "
                    "in the task term (icm_feature_weight = φ, icm_mse_weight = μ), rates "
                    "low_rd_lambdas and rd_lambdas, from the same MSE codecs for the same steps")
-    lines += savings_lines(oracle_savings(rows), "the MSE baseline", "every curve here covers")
-    lines += ["", "Every point:", "", "| codec | rates | point | bpp | PSNR | box mAP |",
+    lines += savings_lines(oracle_savings(rows), "the MSE baseline", "every curve here covers",
+                           metric)
+    lines += ["", "Every point:", "", f"| codec | rates | point | bpp | PSNR | {metric} |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {r['codec']} | {r['rates']} | {r['point']} | {r['bpp']:.4f} | "
               f"{r['psnr']:.2f} | {r['map']:.3f} |" for r in rows if r["bpp"] is not None]
-    lines += ["", "Uncompressed validation images: box mAP "
+    lines += ["", f"Uncompressed validation images: {metric} "
               + ", ".join(f"{r['map']:.3f}" for r in rows if r["codec"] == "uncompressed") + "."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
+    task, args = task_and_args(argv, METRIC, __doc__)
+    if task is None:
         return
     if args:
-        sys.exit(f"icm_feature_study.py takes no arguments, not {' '.join(args)}")
-    run_study("icm_feature_study", COMMAND, 2, lambda: measure(get_preset("cpu")), markdown)
+        sys.exit(f"icm_feature_study.py takes only --task, not {' '.join(args)}")
+    name = "icm_feature_study" + ("" if task == "detection" else f"_{task}")
+    command = COMMAND + ("" if task == "detection" else f" --task {task}")
+    run_study(name, command, 2, lambda: measure(get_preset("cpu"), task),
+              lambda rows, meta: markdown(rows, meta, task))
 
 
 if __name__ == "__main__":

@@ -164,7 +164,8 @@ class Preset:
                                         # L_feat the task network's feature pyramid on x-hat
                                         # against on x, relative squared error
                                         # (icmlib.codec.losses.feature_distortion); 0: the
-                                        # paper's task loss alone. In the key only when > 0
+                                        # paper's task loss alone. In the key only when > 0;
+                                        # semantic codecs ignore it (no feature pyramid)
     weighting_warmup: float = 0.1       # dynamic: MSE only until this fraction of steps
     weighting_ramp_end: float = 0.5     # dynamic: task at full strength from this fraction
     auto_momentum: float = 0.9          # auto: momentum of the running loss magnitudes

@@ -308,16 +308,18 @@ def synthesis_quantizer(preset: Preset, codecs: str = "icm") -> str:
     return value
 
 
+#: the tasks whose networks have the feature pyramid ``icm_feature_weight`` matches
+FEATURE_TASKS = ("detection", "instance")
+
+
 def feature_weight(preset: Preset, task: Optional[str] = None) -> float:
-    """``preset.icm_feature_weight`` (φ), checked: a number >= 0, and 0 for the semantic
-    task, whose U-Net has no feature pyramid to match."""
+    """``preset.icm_feature_weight`` (φ), checked (a number >= 0), for a codec of ``task``:
+    0 for the semantic task, whose U-Net has no feature pyramid to match, so that one
+    preset can hold the recipe of every task (its semantic codecs' keys stay as they were)."""
     value = preset.icm_feature_weight
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
         raise ValueError(f"icm_feature_weight must be a number >= 0, got {value!r}")
-    if value and task == "semantic":
-        raise ValueError("icm_feature_weight matches an R-CNN's feature pyramid; the semantic "
-                         "task has none: leave it 0")
-    return float(value)
+    return float(value) if task in FEATURE_TASKS else 0.0
 
 
 def check_baseline_quantizer(preset: Preset) -> None:
