@@ -21,9 +21,12 @@ the lower half, the upper half and the whole box mAP range every curve covers
 (:func:`icmlib.evaluation.oracle.oracle_savings`).
 
     ICM_CACHE=.cache/book python benchmarks/icm_feature_study.py [--task instance]
+        [--strategy dynamic|auto]
 
 ``--task instance`` trains and measures the instance-segmentation codecs instead (mask mAP;
-``icm_feature_study_instance.*``), with the variant chosen on detection only.
+``icm_feature_study_instance.*``), ``--strategy`` those of another weighting strategy
+(``icm_feature_study[_instance]_dynamic.*``), each with the variant detection chose with
+fixed weighting only.
 
 The codecs train into ``$ICM_CACHE/runs/codec/<key>`` (resumable: run the command again
 after an interruption) unless they are there already; on 2 threads about 20 min per variant,
@@ -41,41 +44,45 @@ from icmlib.training import baseline_run, codec_at_rate, codec_run, resolve_rate
 from icmlib.training.validation import validate_codec
 
 IMAGES = 64
-STRATEGY = "fixed"
+STRATEGIES = ("fixed", "dynamic", "auto")
 METRIC = {"detection": ("box mAP", "detector"), "instance": ("mask mAP", "instance network")}
 COMMAND = "ICM_CACHE=.cache/book python benchmarks/icm_feature_study.py"
 ICM_GROUPS = ("low", "all")
 BASELINE_GROUPS = ("mse-low", "low", "mse-mid", "all")
-SHIPPED = "ICM fixed, task loss alone (shipped: φ = 0, μ = 0.1)"
-#: (φ, μ) of each variant trained: on detection the feature term beside the shipped MSE
-#: term, and in place of most of it; on instance segmentation the one detection chose
-VARIANTS = {"detection": ((2.5, 0.1), (2.5, 0.03)), "instance": ((2.5, 0.03),)}
+#: (φ, μ) of each variant trained: with detection and fixed weighting the feature term
+#: beside the shipped MSE term, and in place of most of it; elsewhere the one that chose
+CHOSEN = (2.5, 0.03)
+VARIANTS = {("detection", "fixed"): ((2.5, 0.1), CHOSEN)}
 
 
-def variant_name(phi: float, mu: float) -> str:
-    return f"ICM fixed, task loss + feature term (φ = {phi:g}, μ = {mu:g})"
+def shipped_name(strategy: str) -> str:
+    return f"ICM {strategy}, task loss alone (shipped: φ = 0, μ = 0.1)"
 
 
-def codecs(preset, task):
+def variant_name(strategy: str, phi: float, mu: float) -> str:
+    return f"ICM {strategy}, task loss + feature term (φ = {phi:g}, μ = {mu:g})"
+
+
+def codecs(preset, task, strategy):
     """(name, [(rate group, checkpoint)]) of every codec compared; the new ones are trained
     here (resumably) if not cached."""
     yield BASELINE, [(g, baseline_run(preset, g, progress=False)) for g in BASELINE_GROUPS]
-    yield SHIPPED, [(g, codec_run(preset, task, STRATEGY, g, progress=False))
-                    for g in ICM_GROUPS]
-    for phi, mu in VARIANTS[task]:
+    yield shipped_name(strategy), [(g, codec_run(preset, task, strategy, g, progress=False))
+                                   for g in ICM_GROUPS]
+    for phi, mu in VARIANTS.get((task, strategy), (CHOSEN,)):
         variant = preset.replace(icm_feature_weight=phi, icm_mse_weight=mu, train_threads=2)
-        yield variant_name(phi, mu), [(g, codec_run(variant, task, STRATEGY, g, progress=True))
-                                      for g in ICM_GROUPS]
+        yield variant_name(strategy, phi, mu), [
+            (g, codec_run(variant, task, strategy, g, progress=True)) for g in ICM_GROUPS]
 
 
-def measure(preset, task):
+def measure(preset, task, strategy):
     val = dataset_for(preset, "val", train=False)
     frozen = FrozenTask(task_network(task, preset, progress=False), task)
     images = [val[i][0] for i in range(IMAGES)]
     score = evaluate_task(frozen, task, val, images=images, max_images=IMAGES)["score"]
     rows = [{"codec": "uncompressed", "input": ORIGINAL, "bpp": None, "psnr": None,
              "map": float(score)}]
-    for name, groups in codecs(preset, task):
+    for name, groups in codecs(preset, task, strategy):
         for group, ckpt in groups:
             for point in range(len(resolve_rate(preset, group)[1])):
                 m = validate_codec(codec_at_rate(ckpt, point), val, IMAGES, frozen, task,
@@ -86,9 +93,9 @@ def measure(preset, task):
     return rows
 
 
-def markdown(rows, meta, task="detection"):
+def markdown(rows, meta, task="detection", strategy="fixed"):
     metric, network = METRIC[task]
-    lines = header(f"A feature term in the ICM codec's task term ({task}, fixed weighting; "
+    lines = header(f"A feature term in the ICM codec's task term ({task}, {strategy} weighting; "
                    "validation images)", meta,
                    f"{IMAGES} validation images; {metric}@[.5:.95] of the frozen {network} on "
                    "the decoded images", "new codecs: the shipped recipe plus φ · feature_distortion "
@@ -109,12 +116,19 @@ def main(argv=None):
     task, args = task_and_args(argv, METRIC, __doc__)
     if task is None:
         return
+    strategy = "fixed"
+    if args[:1] == ["--strategy"] and len(args) == 2 and args[1] in STRATEGIES:
+        strategy, args = args[1], []
     if args:
-        sys.exit(f"icm_feature_study.py takes only --task, not {' '.join(args)}")
-    name = "icm_feature_study" + ("" if task == "detection" else f"_{task}")
-    command = COMMAND + ("" if task == "detection" else f" --task {task}")
-    run_study(name, command, 2, lambda: measure(get_preset("cpu"), task),
-              lambda rows, meta: markdown(rows, meta, task))
+        sys.exit(f"icm_feature_study.py takes only --task and --strategy "
+                 f"({', '.join(STRATEGIES)}), not {' '.join(args)}")
+    name = "icm_feature_study" + "".join(f"_{v}" for v, default in ((task, "detection"),
+                                                                   (strategy, "fixed"))
+                                         if v != default)
+    command = COMMAND + "".join(f" --{k} {v}" for k, v, default in (
+        ("task", task, "detection"), ("strategy", strategy, "fixed")) if v != default)
+    run_study(name, command, 2, lambda: measure(get_preset("cpu"), task, strategy),
+              lambda rows, meta: markdown(rows, meta, task, strategy))
 
 
 if __name__ == "__main__":
