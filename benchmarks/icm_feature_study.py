@@ -8,9 +8,9 @@ alternative in coding for machines is a feature distortion: how far the network'
 on x̂ are from those on x. Here it is the feature pyramid the R-CNN's heads read, the
 squared error of each level relative to its energy, averaged over levels
 (:func:`icmlib.codec.losses.feature_distortion`), added to the task term with a weight φ
-(``preset.icm_feature_weight``). φ = 2.5 gives it about the task loss's gradient on x̂
-(measured on the shipped detection codec, 4 training batches: ‖∇L_task‖ / ‖∇L_feat‖ =
-2.6–2.7 at its lowest and highest rate points).
+(``preset.icm_feature_weight``). φ = 2.5 gives it about the task loss's gradient on x̂:
+the study measures ‖∇L_task‖ / ‖∇L_feat‖ on the shipped detection codec's decoded images
+(:func:`gradient_ratio`, at its lowest and highest rate points; in the table's header).
 
 This study trains the detection codecs with fixed weighting (rates ``low_rd_lambdas`` and
 ``rd_lambdas``) with the feature term, from the same MSE codecs and for the same steps as the
@@ -34,8 +34,10 @@ then a few minutes of measuring.
 """
 import sys
 
+import torch
 from study import header, run_study, savings_lines, task_and_args
 
+from icmlib.codec import losses, run_codec
 from icmlib.data import dataset_for
 from icmlib.evaluation.oracle import BASELINE, ORIGINAL, oracle_savings
 from icmlib.presets import get_preset
@@ -75,6 +77,33 @@ def codecs(preset, task, strategy):
             (g, codec_run(variant, task, strategy, g, progress=True)) for g in ICM_GROUPS]
 
 
+def gradient_ratio(preset, batches: int = 4):
+    """``{rate point: ‖∇L_task‖ / ‖∇L_feat‖}`` on x̂ of the shipped detection codec (fixed
+    weighting) at its lowest and highest point, over ``batches`` training batches: the φ at
+    which the feature term pulls on the decoded image as hard as the task loss does."""
+    train = dataset_for(preset.replace(crop_size=preset.icm_crop_size), "train", train=True,
+                        seed=preset.train_seed)
+    frozen = FrozenTask(task_network("detection", preset, progress=False), "detection")
+    ckpt = codec_run(preset, "detection", "fixed", "all", progress=False)
+    size = preset.icm_batch_size
+    out = {}
+    for point in (0, len(preset.rd_lambdas) - 1):
+        net = codec_at_rate(ckpt, point).eval()
+        task_norm = feature_norm = 0.0
+        for b in range(batches):
+            items = [train[b * size + i] for i in range(size)]
+            x = torch.stack([image for image, _ in items])
+            with torch.no_grad():
+                x_hat = run_codec(net, x)["x_hat"]
+            x_hat.requires_grad_(True)
+            task = losses.task_loss(frozen, x_hat, [t for _, t in items])["task"]
+            task_norm += float(torch.autograd.grad(task, x_hat)[0].norm())
+            feature = losses.feature_distortion(frozen, x_hat, x)
+            feature_norm += float(torch.autograd.grad(feature, x_hat)[0].norm())
+        out[point] = task_norm / feature_norm
+    return out
+
+
 def measure(preset, task, strategy):
     val = dataset_for(preset, "val", train=False)
     frozen = FrozenTask(task_network(task, preset, progress=False), task)
@@ -93,6 +122,16 @@ def measure(preset, task, strategy):
     return rows
 
 
+def calibration_lines(meta) -> list:
+    """The bullet that says where φ's scale comes from, when the study measured it."""
+    ratio = meta.get("gradient_ratio")
+    if not ratio:
+        return []
+    points = ", ".join(f"{float(v):.2f} at rate point {k}" for k, v in ratio.items())
+    return [f"‖∇L_task‖ / ‖∇L_feat‖ on x̂ of the shipped detection codec (fixed), 4 training "
+            f"batches: {points} (φ of about this size pulls on x̂ as hard as the task loss)"]
+
+
 def markdown(rows, meta, task="detection", strategy="fixed"):
     metric, network = METRIC[task]
     lines = header(f"A feature term in the ICM codec's task term ({task}, {strategy} weighting; "
@@ -100,7 +139,8 @@ def markdown(rows, meta, task="detection", strategy="fixed"):
                    f"{IMAGES} validation images; {metric}@[.5:.95] of the frozen {network} on "
                    "the decoded images", "new codecs: the shipped recipe plus φ · feature_distortion "
                    "in the task term (icm_feature_weight = φ, icm_mse_weight = μ), rates "
-                   "low_rd_lambdas and rd_lambdas, from the same MSE codecs for the same steps")
+                   "low_rd_lambdas and rd_lambdas, from the same MSE codecs for the same steps",
+                   *calibration_lines(meta))
     lines += savings_lines(oracle_savings(rows), "the MSE baseline", "every curve here covers",
                            metric)
     lines += ["", "Every point:", "", f"| codec | rates | point | bpp | PSNR | {metric} |",
@@ -127,8 +167,11 @@ def main(argv=None):
                                          if v != default)
     command = COMMAND + "".join(f" --{k} {v}" for k, v, default in (
         ("task", task, "detection"), ("strategy", strategy, "fixed")) if v != default)
-    run_study(name, command, 2, lambda: measure(get_preset("cpu"), task, strategy),
-              lambda rows, meta: markdown(rows, meta, task, strategy))
+    preset = get_preset("cpu")
+    calibrate = (lambda: {"gradient_ratio": gradient_ratio(preset)}) if (
+        task, strategy) == ("detection", "fixed") else None
+    run_study(name, command, 2, lambda: measure(preset, task, strategy),
+              lambda rows, meta: markdown(rows, meta, task, strategy), calibrate)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,10 @@ class FrozenTask(nn.Module):
         if self.task == "semantic":
             raise ValueError("features() reads an R-CNN's feature pyramid; the semantic "
                              "task's U-Net has none (use the task loss alone)")
+        if not (hasattr(self.model, "transform") and hasattr(self.model, "backbone")):
+            raise ValueError(f"features() reads a torchvision R-CNN's transform and backbone; "
+                             f"{type(self.model).__name__} has no such pair (set "
+                             f"icm_feature_weight = 0 to train with its task loss alone)")
         imgs = self._as_batch(images)
         self.model.eval()
         batch, _ = self.model.transform(imgs)

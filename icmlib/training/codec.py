@@ -340,7 +340,7 @@ class CodecTraining:
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
             out = run_codec(self.model, x, rate=r)
             terms = losses.loss_terms(out, x, self.frozen, targets,
-                                      feature_weight(self.preset, self.task) if self.task else 0.0)
+                                      feature_weight(self.preset, self.task))
         values = {k: float(v.detach()) for k, v in terms.items()}
         values = all_mean(values, self.procs.distributed, self.device)
         w = self.weighting.weights(step, values)
