@@ -149,7 +149,11 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
 
     dataset_for(ci(), "train")  # generate the world once, before the ranks start
     dataset_for(ci(), "val")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), os.environ["ICM_CACHE"]),
+    from icmlib.cache import cache_root
+
+    # the ranks share the parent's cache (where the world was just generated), however the
+    # test was started: `make test` sets $ICM_CACHE, a bare pytest leaves the default
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), str(cache_root())),
              nprocs=2, join=True)
     a = torch.load(tmp_path / "rank0.pt")
     b = torch.load(tmp_path / "rank1.pt")
