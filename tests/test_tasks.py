@@ -235,7 +235,7 @@ def test_features_are_the_feature_pyramid_and_reach_the_image(task, preset, batc
     assert all(p.grad is None for p in frozen.model.parameters())
 
 
-def test_the_semantic_network_has_no_feature_pyramid(preset, batch):
+def test_features_refuse_a_network_without_a_feature_pyramid(preset, batch):
     frozen = tasks.FrozenTask(tasks.build_task_network("semantic", preset), "semantic")
     with pytest.raises(ValueError, match="has none"):
         frozen.features(batch[0])
